@@ -1,0 +1,3 @@
+//! One module per subcommand: each parses nothing itself (clap did), calls a library and
+//! returns the process exit code.
+pub mod trace;
