@@ -1,1 +1,188 @@
-//! placeholder, replaced by the guests work
+//! Small PVH test guests for ttvm's VMM, built from C + asm by `build.rs`
+//! with the machine's gcc.
+//!
+//! Every guest is a static ELF64 x86-64 image linked at physical 1 MiB, with
+//! a `XEN_ELFNOTE_PHYS32_ENTRY` note (type 18, name "Xen") in a `PT_NOTE`
+//! segment naming its 32-bit entry point.  The shared runtime
+//! (`runtime/entry.S`, `runtime/rt.c`) switches to long mode, sets up COM1
+//! (115200 8N1, FIFO on), an IDT with all 256 gates, the two 8259A PICs
+//! (vectors 0x20-0x2f, all masked) and calls the guest's `main`.  Guests end
+//! by writing their exit status to the debug-exit port 0xf4.
+//!
+//! Conventions every guest follows (the VMM's tests assert them byte for
+//! byte):
+//! * serial lines end in a bare `\n` (no `\r`);
+//! * a CPU exception (vectors 0-31) prints
+//!   `exception N at RIP 0x... error code 0x...` and exits with 0x7f;
+//!   an interrupt on a vector >= 0x30 prints
+//!   `unexpected interrupt vector N at RIP 0x...` and exits with 0x7e;
+//!   an unregistered IRQ 0-15 prints `spurious irq N` and continues;
+//! * a bad `hvm_start_info` magic prints
+//!   `bad hvm_start_info magic 0x...` and exits with 0x7f.
+//!
+//! The guests are also bootable unchanged with QEMU:
+//! `qemu-system-x86_64 -M pc -accel tcg -m 64M -nographic -nodefaults
+//! -serial stdio -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04
+//! -kernel hello.elf -append 'foo=bar'` (QEMU's exit status is then
+//! `(status << 1) | 1`).
+
+use std::path::PathBuf;
+
+/// Names of all guests, in build order.
+pub const NAMES: &[&str] = &[HELLO];
+
+/// `hello`: prints, then exits with status **0**:
+///
+/// ```text
+/// hello from ttvm
+/// cmdline: <the PVH command line, or "(none)" if absent or empty>
+/// memory: <N> KiB
+/// ```
+///
+/// N is the sum of the sizes of the type-1 (RAM) entries of the PVH memory
+/// map, divided by 1024 (rounded down). If the start info has no memory map
+/// (version 0 or `memmap_paddr` 0) the last line is
+/// `memory: (no memory map)`. About 3,000 instructions.
+pub const HELLO: &str = "hello";
+
+/// Path of a guest's ELF image in the build's `OUT_DIR`.
+pub fn elf_path(name: &str) -> Option<PathBuf> {
+    NAMES
+        .contains(&name)
+        .then(|| PathBuf::from(env!("OUT_DIR")).join(format!("{name}.elf")))
+}
+
+/// The guest's ELF image, embedded at compile time.
+pub fn elf_bytes(name: &str) -> Option<&'static [u8]> {
+    macro_rules! guests {
+        ($($n:literal),*) => {
+            match name {
+                $($n => Some(include_bytes!(concat!(env!("OUT_DIR"), "/", $n, ".elf")).as_slice()),)*
+                _ => None,
+            }
+        };
+    }
+    guests!("hello")
+}
+
+/// Directory holding the guests' C/asm sources (`c/`, `runtime/`), as named
+/// in their DWARF line tables, so gdb tests can find and check source lines.
+pub fn source_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+    fn u16_at(b: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+    }
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    /// (p_type, p_offset, p_paddr, p_filesz, p_memsz, p_align) of each
+    /// program header.
+    fn phdrs(elf: &[u8]) -> Vec<(u32, usize, u64, usize, u64, u64)> {
+        let phoff = u64_at(elf, 0x20) as usize;
+        let phentsize = u16_at(elf, 0x36) as usize;
+        let phnum = u16_at(elf, 0x38) as usize;
+        (0..phnum)
+            .map(|i| {
+                let p = phoff + i * phentsize;
+                (
+                    u32_at(elf, p),
+                    u64_at(elf, p + 8) as usize,
+                    u64_at(elf, p + 24),
+                    u64_at(elf, p + 32) as usize,
+                    u64_at(elf, p + 40),
+                    u64_at(elf, p + 48),
+                )
+            })
+            .collect()
+    }
+
+    /// The PVH entry point from the Xen PHYS32_ENTRY note, if any.
+    fn pvh_entry(elf: &[u8]) -> Option<u32> {
+        for (ty, off, _, filesz, _, align) in phdrs(elf) {
+            if ty != PT_NOTE {
+                continue;
+            }
+            let align = align.max(4) as usize;
+            let up = |x: usize| x.div_ceil(align) * align;
+            let mut p = off;
+            while p + 12 <= off + filesz {
+                let (namesz, descsz, ntype) = (
+                    u32_at(elf, p) as usize,
+                    u32_at(elf, p + 4) as usize,
+                    u32_at(elf, p + 8),
+                );
+                let name = &elf[p + 12..p + 12 + namesz];
+                let desc = p + 12 + up(namesz);
+                if name == b"Xen\0" && ntype == XEN_ELFNOTE_PHYS32_ENTRY && descsz >= 4 {
+                    return Some(u32_at(elf, desc));
+                }
+                p = desc + up(descsz);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn every_guest_is_built() {
+        for name in NAMES {
+            let path = elf_path(name).unwrap();
+            assert!(path.is_file(), "{} missing", path.display());
+            assert_eq!(std::fs::read(&path).unwrap(), elf_bytes(name).unwrap());
+        }
+        assert!(elf_path("nonexistent").is_none());
+        assert!(elf_bytes("nonexistent").is_none());
+    }
+
+    #[test]
+    fn every_guest_is_elf64_x86_64_with_pvh_note() {
+        for name in NAMES {
+            let elf = elf_bytes(name).unwrap();
+            assert_eq!(&elf[..4], b"\x7fELF", "{name}: not ELF");
+            assert_eq!(elf[4], 2, "{name}: not ELF64");
+            assert_eq!(elf[5], 1, "{name}: not little-endian");
+            assert_eq!(u16_at(elf, 0x10), 2, "{name}: not ET_EXEC");
+            assert_eq!(u16_at(elf, 0x12), 62, "{name}: not x86-64");
+            let entry = pvh_entry(elf).unwrap_or_else(|| panic!("{name}: no PVH note"));
+            // The entry lies in a loaded segment at or above 1 MiB.
+            let loads: Vec<_> = phdrs(elf).into_iter().filter(|p| p.0 == PT_LOAD).collect();
+            assert!(!loads.is_empty(), "{name}: no PT_LOAD");
+            assert!(
+                loads.iter().all(|p| p.2 >= 0x10_0000),
+                "{name}: loads below 1 MiB"
+            );
+            assert!(
+                loads.iter().any(|&(_, _, pa, fsz, _, _)| {
+                    (pa..pa + fsz as u64).contains(&u64::from(entry))
+                }),
+                "{name}: PVH entry {entry:#x} not in a loaded segment"
+            );
+            assert_eq!(
+                u64::from(entry),
+                u64_at(elf, 0x18),
+                "{name}: e_entry != PVH entry"
+            );
+        }
+    }
+
+    #[test]
+    fn sources_are_found() {
+        for name in NAMES {
+            assert!(source_dir().join("c").join(format!("{name}.c")).is_file());
+        }
+        assert!(source_dir().join("runtime/rt.c").is_file());
+    }
+}
