@@ -4,7 +4,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ttvm", version, about = "Record, replay and debug whole KVM virtual machines")]
+#[command(
+    name = "ttvm",
+    version,
+    about = "Record, replay and debug whole KVM virtual machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -12,6 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot a PVH guest and run it under KVM (nothing is recorded).
+    Run(commands::run::RunArgs),
     /// List recorded traces.
     Ls(commands::trace::LsArgs),
     /// Print the events of a trace.
@@ -20,7 +26,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    init_logging();
     let result = match &cli.command {
+        Command::Run(args) => commands::run::run(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),
     };
@@ -28,7 +36,18 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             eprintln!("ttvm: {err:#}");
-            std::process::exit(120);
+            std::process::exit(ttvm_vmm::exit_code::VMM_ERROR);
         }
     }
+}
+
+/// Logs go to stderr, filtered by `TTVM_LOG` (e.g. `TTVM_LOG=debug`); warnings by default.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TTVM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -1,3 +1,4 @@
 //! One module per subcommand: each parses nothing itself (clap did), calls a library and
 //! returns the process exit code.
+pub mod run;
 pub mod trace;

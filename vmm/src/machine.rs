@@ -1,0 +1,337 @@
+//! The machine: one KVM VM with one vCPU, guest RAM, the PC devices on their bus.
+//! Construction is here; running it (the exit loop) is in `run_loop`.
+
+use std::path::PathBuf;
+
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::boot::{self, BootError};
+use crate::cpuid::{self, CpuidEntry, CpuidError};
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::i8042::I8042;
+use crate::devices::pic::{Chip, PicPair, PicPort};
+use crate::devices::pit::{Pit, PortB};
+use crate::devices::rtc::Rtc;
+use crate::devices::serial::{SerialDevice, SerialError, SerialOutput, COM1_BASE};
+use crate::devices::{
+    bus::BusError, DeviceCtx, DeviceId, DevicesState, MachineRequest, PioBus, PioDevice, PostPort,
+};
+use crate::elf_image::{self, ElfImage, ImageError};
+use crate::end::RunEnd;
+use crate::kick::KickError;
+use crate::kvm_host::{self, KvmHostError, RUN_REQUIREMENTS};
+use crate::memory::{self, GuestRam, MemoryError};
+use crate::vcpu::{Vcpu, VcpuError};
+
+/// Where KVM's TSS for real-mode emulation goes on Intel hosts (three pages just below the
+/// BIOS area at 4 GiB, outside RAM, as Firecracker and QEMU place it).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub mem_bytes: u64,
+    pub cmdline: String,
+    pub kvm_device: PathBuf,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            mem_bytes: memory::DEFAULT_MEM,
+            cmdline: String::new(),
+            kvm_device: kvm_host::kvm_device_path(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Kvm(#[from] KvmHostError),
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("KVM_CREATE_VCPU failed: {0}")]
+    CreateVcpu(kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    SetTssAddr(kvm_ioctls::Error),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Kick(#[from] KickError),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("unexpected KVM exit: {0}")]
+    UnexpectedExit(String),
+}
+
+/// The PC devices, owned concretely so their states can be saved and restored as one.
+pub struct Devices {
+    pub pic: PicPair,
+    pub pit: Pit,
+    pub rtc: Rtc,
+    pub serial: SerialDevice,
+    pub i8042: I8042,
+}
+
+impl Devices {
+    pub fn new(mem_bytes: u64, serial_out: SerialOutput) -> Self {
+        Devices {
+            pic: PicPair::new(),
+            pit: Pit::new(),
+            rtc: Rtc::new(mem_bytes),
+            serial: SerialDevice::new(serial_out),
+            i8042: I8042::default(),
+        }
+    }
+
+    /// The standard PC port map.
+    pub fn standard_bus() -> Result<PioBus, BusError> {
+        let mut bus = PioBus::new();
+        for (base, len, id) in [
+            (0x20, 2, DeviceId::PicMaster),
+            (0xa0, 2, DeviceId::PicSlave),
+            (0x40, 4, DeviceId::Pit),
+            (0x61, 1, DeviceId::PortB),
+            (0x60, 1, DeviceId::I8042Data),
+            (0x64, 1, DeviceId::I8042Command),
+            (0x70, 2, DeviceId::Rtc),
+            (0x80, 1, DeviceId::Post),
+            (0xf4, 4, DeviceId::DebugExit),
+            (COM1_BASE, 8, DeviceId::Serial),
+        ] {
+            bus.insert(base, len, id)?;
+        }
+        Ok(bus)
+    }
+
+    /// Runs `f` on the device behind `id`, with the offset translated for split devices.
+    fn with_device<R>(
+        &mut self,
+        id: DeviceId,
+        offset: u16,
+        f: impl FnOnce(&mut dyn PioDevice, u16) -> R,
+    ) -> R {
+        match id {
+            DeviceId::PicMaster => f(
+                &mut PicPort {
+                    pair: &mut self.pic,
+                    chip: Chip::Master,
+                },
+                offset,
+            ),
+            DeviceId::PicSlave => f(
+                &mut PicPort {
+                    pair: &mut self.pic,
+                    chip: Chip::Slave,
+                },
+                offset,
+            ),
+            DeviceId::Pit => f(&mut self.pit, offset),
+            DeviceId::PortB => f(&mut PortB(&mut self.pit), offset),
+            DeviceId::Rtc => f(&mut self.rtc, offset),
+            DeviceId::Serial => f(&mut self.serial, offset),
+            DeviceId::I8042Data => f(&mut self.i8042, 0),
+            DeviceId::I8042Command => f(&mut self.i8042, 4),
+            DeviceId::DebugExit => f(&mut DebugExit, offset),
+            DeviceId::Post => f(&mut PostPort, offset),
+        }
+    }
+
+    pub fn read(&mut self, id: DeviceId, offset: u16, ctx: &mut DeviceCtx) -> u8 {
+        self.with_device(id, offset, |d, o| d.read(o, ctx))
+    }
+
+    pub fn write(&mut self, id: DeviceId, offset: u16, value: u8, ctx: &mut DeviceCtx) {
+        self.with_device(id, offset, |d, o| d.write(o, value, ctx))
+    }
+
+    pub fn state(&self) -> DevicesState {
+        DevicesState {
+            pic: self.pic.state().clone(),
+            pit: self.pit.state().clone(),
+            rtc: self.rtc.state().clone(),
+            serial: self.serial.state(),
+            i8042: self.i8042.state().clone(),
+        }
+    }
+
+    pub fn restore(state: &DevicesState, serial_out: SerialOutput) -> Result<Self, SerialError> {
+        Ok(Devices {
+            pic: PicPair::from_state(state.pic.clone()),
+            pit: Pit::from_state(state.pit.clone()),
+            rtc: Rtc::from_state(state.rtc.clone()),
+            serial: SerialDevice::from_state(&state.serial, serial_out)?,
+            i8042: I8042::from_state(state.i8042.clone()),
+        })
+    }
+}
+
+/// Counters of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunStats {
+    pub exits: u64,
+    pub pio_exits: u64,
+    pub mmio_exits: u64,
+    pub hlt_exits: u64,
+    pub kicks: u64,
+    pub interrupts_injected: u64,
+}
+
+pub struct Machine {
+    // Field order is drop order: the vCPU and VM go before the memory they map.
+    pub(crate) vcpu: Vcpu,
+    pub(crate) vm: VmFd,
+    pub(crate) _kvm: Kvm,
+    pub(crate) mem: GuestRam,
+    pub(crate) bus: PioBus,
+    pub(crate) devices: Devices,
+    pub(crate) cpuid: Vec<CpuidEntry>,
+    pub(crate) image: ElfImage,
+    pub(crate) config: MachineConfig,
+    pub(crate) boot_wall_clock_ns: u64,
+    /// Guest time of the device accesses being handled.
+    pub(crate) now_ns: u64,
+    pub(crate) pending_end: Option<RunEnd>,
+    pub(crate) stats: RunStats,
+}
+
+impl Machine {
+    /// Builds a machine ready to run `image` from its PVH entry point. Bad input (memory
+    /// size, image) is reported before KVM is touched.
+    pub fn new(
+        config: MachineConfig,
+        image: &[u8],
+        serial_out: SerialOutput,
+    ) -> Result<Machine, MachineError> {
+        memory::validate_size(config.mem_bytes)?;
+        let elf = elf_image::parse(image, config.mem_bytes)?;
+        if config.cmdline.len() >= boot::CMDLINE_MAX {
+            return Err(BootError::CmdlineTooLong {
+                len: config.cmdline.len(),
+            }
+            .into());
+        }
+        let kvm = kvm_host::open_kvm(&config.kvm_device, RUN_REQUIREMENTS)?;
+        let vm = kvm.create_vm().map_err(MachineError::CreateVm)?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(MachineError::SetTssAddr)?;
+        let mem = memory::allocate(config.mem_bytes)?;
+        memory::register(&vm, &mem, false)?;
+        boot::load_image(&mem, image, &elf)?;
+        boot::write_boot_info(&mem, config.mem_bytes, &config.cmdline)?;
+
+        let cpuid = cpuid::host_template(&kvm)?;
+        let vcpu = Vcpu::new(vm.create_vcpu(0).map_err(MachineError::CreateVcpu)?);
+        vcpu.fd()
+            .set_cpuid2(&cpuid::to_kvm(&cpuid)?)
+            .map_err(VcpuError::SetCpuid)?;
+        vcpu.set_sregs(&boot::pvh_sregs(vcpu.sregs()?))?;
+        vcpu.set_regs(&boot::pvh_regs(elf.pvh_entry))?;
+        vcpu.fd()
+            .set_fpu(&boot::reset_fpu())
+            .map_err(VcpuError::SetFpu)?;
+
+        tracing::debug!(
+            mem = config.mem_bytes,
+            entry = format_args!("{:#x}", elf.pvh_entry),
+            class = ?elf.class,
+            "machine built"
+        );
+        Ok(Machine {
+            vcpu,
+            vm,
+            _kvm: kvm,
+            mem,
+            bus: Devices::standard_bus()?,
+            devices: Devices::new(config.mem_bytes, serial_out),
+            cpuid,
+            image: elf,
+            config,
+            boot_wall_clock_ns: 0,
+            now_ns: 0,
+            pending_end: None,
+            stats: RunStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// The guest's CPUID table (for the trace header).
+    pub fn cpuid(&self) -> &[CpuidEntry] {
+        &self.cpuid
+    }
+
+    /// The loaded image's layout and entry point.
+    pub fn image(&self) -> &ElfImage {
+        &self.image
+    }
+
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    pub fn memory(&self) -> &GuestRam {
+        &self.mem
+    }
+
+    pub fn vm(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// One guest port read (a byte-wide access; wider ones are split by the caller).
+    pub(crate) fn pio_read(&mut self, port: u16, ctx: &mut DeviceCtx) -> u8 {
+        match self.bus.lookup(port) {
+            Some((id, offset)) => self.devices.read(id, offset, ctx),
+            None => {
+                tracing::debug!(port = format_args!("{port:#x}"), "read from unknown port");
+                0xff
+            }
+        }
+    }
+
+    pub(crate) fn pio_write(&mut self, port: u16, value: u8, ctx: &mut DeviceCtx) {
+        match self.bus.lookup(port) {
+            Some((id, offset)) => self.devices.write(id, offset, value, ctx),
+            None => tracing::debug!(
+                port = format_args!("{port:#x}"),
+                value = format_args!("{value:#x}"),
+                "write to unknown port ignored"
+            ),
+        }
+    }
+
+    /// Applies what device accesses caused: IRQ edges into the PICs, run ends.
+    pub(crate) fn apply(&mut self, ctx: DeviceCtx, rip: impl FnOnce(&Self) -> u64) {
+        if ctx.raised_irqs != 0 {
+            self.devices.pic.raise_lines(ctx.raised_irqs);
+        }
+        if self.pending_end.is_none() {
+            match ctx.request {
+                Some(MachineRequest::Exit(status)) => {
+                    self.pending_end = Some(RunEnd::GuestExit { status })
+                }
+                Some(MachineRequest::Reset) => {
+                    self.pending_end = Some(RunEnd::Reset { rip: rip(self) })
+                }
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The vCPU: KVM_RUN with exits turned into owned values, interrupt injection, and the
+//! I/O completion that KVM expects before the next run.
+
+use std::os::fd::AsRawFd;
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+/// KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt); kvm-ioctls has no wrapper.
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
+
+/// A KVM exit, owned (no borrow of the `kvm_run` page), so handlers and tests can use it
+/// freely. `IoIn` and `MmioRead` must be answered with `complete_io_in` /
+/// `complete_mmio_read` before the next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    IoIn {
+        port: u16,
+        size: u8,
+        count: u32,
+    },
+    IoOut {
+        port: u16,
+        size: u8,
+        data: Vec<u8>,
+    },
+    MmioRead {
+        addr: u64,
+        len: u8,
+    },
+    MmioWrite {
+        addr: u64,
+        data: Vec<u8>,
+    },
+    Hlt,
+    /// A debug exit (single-step or breakpoint): `pc` is the next instruction.
+    Debug {
+        pc: u64,
+        exception: u32,
+        dr6: u64,
+    },
+    IrqWindowOpen,
+    /// KVM_EXIT_SHUTDOWN: a triple fault.
+    Shutdown,
+    InternalError {
+        suberror: u32,
+        data: Vec<u64>,
+    },
+    FailEntry {
+        reason: u64,
+    },
+    SystemEvent {
+        kind: u32,
+    },
+    /// KVM_RUN returned EINTR: a kick (timer, input) or immediate_exit.
+    Interrupted,
+    Other(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_RUN failed: {0}")]
+    Run(kvm_ioctls::Error),
+    #[error("KVM_INTERRUPT (vector {vector:#x}) failed: {source}")]
+    Inject { vector: u8, source: std::io::Error },
+    #[error("KVM_GET_REGS failed: {0}")]
+    GetRegs(kvm_ioctls::Error),
+    #[error("KVM_SET_REGS failed: {0}")]
+    SetRegs(kvm_ioctls::Error),
+    #[error("KVM_GET_SREGS failed: {0}")]
+    GetSregs(kvm_ioctls::Error),
+    #[error("KVM_SET_SREGS failed: {0}")]
+    SetSregs(kvm_ioctls::Error),
+    #[error("KVM_SET_FPU failed: {0}")]
+    SetFpu(kvm_ioctls::Error),
+    #[error("KVM_SET_CPUID2 failed: {0}")]
+    SetCpuid(kvm_ioctls::Error),
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub fn new(fd: VcpuFd) -> Self {
+        Vcpu { fd }
+    }
+
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Address of `kvm_run.immediate_exit`, for the kick signal handler.
+    pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
+        &mut self.fd.get_kvm_run().immediate_exit as *mut u8
+    }
+
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    /// Runs the vCPU until the next exit.
+    pub fn run(&mut self) -> Result<Exit, VcpuError> {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(Exit::Interrupted)
+            }
+            Err(e) => return Err(VcpuError::Run(e)),
+        };
+        let owned = match exit {
+            VcpuExit::IoIn(port, data) => Exit::IoIn {
+                port,
+                size: 0,
+                count: data.len() as u32,
+            },
+            VcpuExit::IoOut(port, data) => Exit::IoOut {
+                port,
+                size: 0,
+                data: data.to_vec(),
+            },
+            VcpuExit::MmioRead(addr, data) => Exit::MmioRead {
+                addr,
+                len: data.len() as u8,
+            },
+            VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite {
+                addr,
+                data: data.to_vec(),
+            },
+            VcpuExit::Hlt => Exit::Hlt,
+            VcpuExit::Debug(arch) => Exit::Debug {
+                pc: arch.pc,
+                exception: arch.exception,
+                dr6: arch.dr6,
+            },
+            VcpuExit::IrqWindowOpen => Exit::IrqWindowOpen,
+            VcpuExit::Shutdown => Exit::Shutdown,
+            VcpuExit::InternalError => Exit::InternalError {
+                suberror: 0,
+                data: Vec::new(),
+            },
+            VcpuExit::FailEntry(reason, _) => Exit::FailEntry { reason },
+            VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent { kind },
+            VcpuExit::Intr => Exit::Interrupted,
+            other => Exit::Other(format!("{other:?}")),
+        };
+        Ok(self.fill_exit_details(owned))
+    }
+
+    /// Adds what kvm-ioctls' exit leaves out: the PIO access size and internal-error data.
+    fn fill_exit_details(&mut self, exit: Exit) -> Exit {
+        let run = self.fd.get_kvm_run();
+        match exit {
+            Exit::IoIn { port, count, .. } => {
+                // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the active union field.
+                let io = unsafe { run.__bindgen_anon_1.io };
+                debug_assert_eq!(count, u32::from(io.size) * io.count);
+                Exit::IoIn {
+                    port,
+                    size: io.size,
+                    count: io.count,
+                }
+            }
+            Exit::IoOut { port, data, .. } => {
+                // SAFETY: as above, KVM_EXIT_IO.
+                let io = unsafe { run.__bindgen_anon_1.io };
+                Exit::IoOut {
+                    port,
+                    size: io.size,
+                    data,
+                }
+            }
+            Exit::InternalError { .. } => {
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is active.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                Exit::InternalError {
+                    suberror: internal.suberror,
+                    data: internal.data[..n].to_vec(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Answers a pending `IoIn` exit with `data` (count * size bytes).
+    pub fn complete_io_in(&mut self, data: &[u8]) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: called right after a KVM_EXIT_IO exit, so `io` is the active union field.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let len = (usize::from(io.size) * io.count as usize).min(data.len());
+        let base = run as *mut kvm_bindings::kvm_run as *mut u8;
+        // SAFETY: KVM places the I/O data at `data_offset` bytes into the kvm_run mapping,
+        // which is large enough for count * size bytes (the kernel guarantees it lies within
+        // the vCPU's mmap area); we write at most that many bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(io.data_offset as usize), len);
+        }
+    }
+
+    /// Answers a pending `MmioRead` exit.
+    pub fn complete_mmio_read(&mut self, data: &[u8]) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: called right after a KVM_EXIT_MMIO exit, so `mmio` is the active field.
+        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+        let len = (mmio.len as usize).min(data.len()).min(mmio.data.len());
+        mmio.data[..len].copy_from_slice(&data[..len]);
+    }
+
+    /// Whether KVM would accept an external interrupt now (IF set, no STI/MOV SS shadow).
+    pub fn ready_for_interrupt(&mut self) -> bool {
+        let run = self.fd.get_kvm_run();
+        run.ready_for_interrupt_injection != 0 && run.if_flag != 0
+    }
+
+    /// The guest's IF flag as of the last exit.
+    pub fn interrupts_enabled(&mut self) -> bool {
+        self.fd.get_kvm_run().if_flag != 0
+    }
+
+    /// Asks KVM to exit as soon as the guest can take an interrupt.
+    pub fn request_interrupt_window(&mut self, on: bool) {
+        self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
+    }
+
+    /// Injects external interrupt `vector` (KVM_INTERRUPT).
+    pub fn inject(&mut self, vector: u8) -> Result<(), VcpuError> {
+        let irq: u32 = u32::from(vector);
+        // SAFETY: KVM_INTERRUPT reads one `struct kvm_interrupt { __u32 irq; }` from the
+        // pointer, which points to a live u32; the fd is a vCPU fd.
+        let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_INTERRUPT, &irq as *const u32) };
+        if ret < 0 {
+            return Err(VcpuError::Inject {
+                vector,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn regs(&self) -> Result<kvm_regs, VcpuError> {
+        self.fd.get_regs().map_err(VcpuError::GetRegs)
+    }
+
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), VcpuError> {
+        self.fd.set_regs(regs).map_err(VcpuError::SetRegs)
+    }
+
+    pub fn sregs(&self) -> Result<kvm_sregs, VcpuError> {
+        self.fd.get_sregs().map_err(VcpuError::GetSregs)
+    }
+
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
+        self.fd.set_sregs(sregs).map_err(VcpuError::SetSregs)
+    }
+}
