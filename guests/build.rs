@@ -8,7 +8,7 @@ use std::process::Command;
 
 /// Every guest: `c/<name>.c`, linked with the runtime.  Keep in sync with
 /// `NAMES` in src/lib.rs (a unit test checks).
-const GUESTS: &[&str] = &["hello"];
+const GUESTS: &[&str] = &["hello", "timer", "echo", "entropy", "crash", "race"];
 
 const RUNTIME_SOURCES: &[&str] = &["runtime/entry.S", "runtime/rt.c"];
 const RUNTIME_HEADERS: &[&str] = &["runtime/rt.h"];

@@ -66,8 +66,15 @@ size_t strlen(const char *s)
 /* ------------------------------------------------------------------ */
 /* serial (COM1 16550)                                                 */
 
+/* A byte that arrived before serial_init() (input the VMM/QEMU delivered
+ * before the guest booted): enabling the FIFO would discard it, so it is
+ * kept here and returned first by serial_getc(). */
+static int early_rx = -1;
+
 static void serial_init(void)
 {
+	if (inb(COM1 + 5) & UART_LSR_DR)
+		early_rx = inb(COM1);
 	outb(COM1 + 1, 0x00);   /* IER: no interrupts */
 	outb(COM1 + 3, 0x80);   /* LCR: DLAB on */
 	outb(COM1 + 0, 0x01);   /* divisor 1 = 115200 baud */
@@ -92,12 +99,17 @@ void serial_puts(const char *s)
 
 bool serial_rx_ready(void)
 {
-	return inb(COM1 + 5) & UART_LSR_DR;
+	return early_rx >= 0 || (inb(COM1 + 5) & UART_LSR_DR);
 }
 
 int serial_getc(void)
 {
-	while (!serial_rx_ready())
+	if (early_rx >= 0) {
+		int c = early_rx;
+		early_rx = -1;
+		return c;
+	}
+	while (!(inb(COM1 + 5) & UART_LSR_DR))
 		;
 	return inb(COM1);
 }

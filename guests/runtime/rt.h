@@ -113,7 +113,9 @@ void serial_putc(char c);                 /* '\n' is sent as-is (no CR) */
 void serial_puts(const char *s);
 void serial_put_hex(uint64_t v);           /* 0x prefix, no leading zeros */
 void serial_put_dec(uint64_t v);
-int serial_getc(void);                     /* polls LSR bit 0 (data ready) */
+/* Polled input.  serial_rx_ready() is LSR bit 0 (data ready), or a byte
+ * that arrived before the runtime enabled the FIFO; serial_getc() polls. */
+int serial_getc(void);
 bool serial_rx_ready(void);
 void printk(const char *fmt, ...);         /* %s %c %d %u %x %lx %lu %ld %%, width/0 flag */
 

@@ -21,15 +21,17 @@
 //!   `bad hvm_start_info magic 0x...` and exits with 0x7f.
 //!
 //! The guests are also bootable unchanged with QEMU:
-//! `qemu-system-x86_64 -M pc -accel tcg -m 64M -nographic -nodefaults
+//! `qemu-system-x86_64 -M pc -accel tcg -m 64M -display none -nodefaults
 //! -serial stdio -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04
 //! -kernel hello.elf -append 'foo=bar'` (QEMU's exit status is then
-//! `(status << 1) | 1`).
+//! `(status << 1) | 1`). Use `-display none`, not `-nographic`: with
+//! `-nographic` SeaBIOS prints a banner on the serial port and its serial
+//! console swallows early input bytes.
 
 use std::path::PathBuf;
 
 /// Names of all guests, in build order.
-pub const NAMES: &[&str] = &[HELLO];
+pub const NAMES: &[&str] = &[HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE];
 
 /// `hello`: prints, then exits with status **0**:
 ///
@@ -42,8 +44,80 @@ pub const NAMES: &[&str] = &[HELLO];
 /// N is the sum of the sizes of the type-1 (RAM) entries of the PVH memory
 /// map, divided by 1024 (rounded down). If the start info has no memory map
 /// (version 0 or `memmap_paddr` 0) the last line is
-/// `memory: (no memory map)`. About 3,000 instructions.
+/// `memory: (no memory map)`. Under QEMU `-m 64M`: `memory: 65023 KiB`.
 pub const HELLO: &str = "hello";
+
+/// `timer`: PIT channel 0 at 1000 Hz (mode 2, divisor 1193); the IRQ0
+/// handler counts ticks and keeps a checksum, and masks IRQ0 after exactly
+/// 10 ticks; the main loop sleeps with `sti; hlt` and checks the handler's
+/// state. Prints, then exits with status **10** (the ticks observed):
+///
+/// ```text
+/// timer: PIT at 1000 Hz, waiting for 10 ticks
+/// timer: 10 ticks, handler state consistent
+/// ```
+///
+/// On inconsistency the second line is `timer: INCONSISTENT: ...` and the
+/// status is 1.
+pub const TIMER: &str = "timer";
+
+/// `echo`: upper-cases (ASCII a-z) and echoes bytes read from COM1: the
+/// first line by polling LSR, the rest by RX interrupt (IRQ4) into a ring
+/// buffer; a 100 Hz PIT tick wakes the idle loop. Input ends with an EOT
+/// byte (0x04; neither echoed nor counted) or when the carrier drops (MSR
+/// bit 7 low) with no byte pending. For input `hello\nworld\n` it prints,
+/// then exits with status **0**:
+///
+/// ```text
+/// echo: ready
+/// HELLO
+/// WORLD
+/// echo: 12 bytes
+/// ```
+///
+/// N in `echo: N bytes` counts every byte echoed (newlines included). If
+/// the input does not end in `\n`, a `\n` is printed before that line;
+/// empty input gives `echo: ready\necho: 0 bytes\n`. About 150
+/// instructions per input byte: keep inputs to a few hundred bytes.
+pub const ECHO: &str = "echo";
+
+/// `entropy`: reads each nondeterministic input once and exits with status
+/// **0**. The values change from run to run (and must replay identically);
+/// the format is fixed:
+///
+/// ```text
+/// entropy: reading nondeterministic inputs
+/// tsc: 0x<hex, no leading zeros>
+/// rdrand: 0x<hex>            (or `rdrand: unsupported` if CPUID.1:ECX[30]
+///                             is clear, `rdrand: failed` after 10 tries)
+/// rtc: YYYY-MM-DD HH:MM:SS    (CMOS clock, year 2000 + register 9)
+/// pit: <0-65535>              (channel 0 latched, decimal)
+/// ```
+pub const ENTROPY: &str = "entropy";
+
+/// `crash`: prints `crash: about to triple fault\n`, loads an IDT with
+/// limit 0 and divides by zero: #DE -> #GP -> #DF -> triple fault
+/// (shutdown). Nothing is printed after that line and the debug-exit port
+/// is never written, so there is no exit status: the VMM must report a
+/// triple fault / shutdown.
+pub const CRASH: &str = "crash";
+
+/// `race`: the main loop pushes onto `shared` (a `struct item_stack`:
+/// `count`, `items[16]`) without masking interrupts while the timer handler
+/// `timer_tick()` pops and poisons the freed slot. Usually prints, then
+/// exits with status **0**:
+///
+/// ```text
+/// race: 20 ticks at 1000 Hz, window 8
+/// race: 20 ticks, no corruption
+/// ```
+///
+/// When a tick lands inside `push_item()`'s window, it prints (after the
+/// first line) `PANIC: race: items[K] corrupted (0xdeaddead)` and exits with
+/// status **3**. The command line may set `race.hz=N`, `race.window=N`,
+/// `race.jitter=N` (defaults 1000, 8, 64) to make failures likely; the first
+/// line shows the values used.
+pub const RACE: &str = "race";
 
 /// Path of a guest's ELF image in the build's `OUT_DIR`.
 pub fn elf_path(name: &str) -> Option<PathBuf> {
@@ -62,7 +136,7 @@ pub fn elf_bytes(name: &str) -> Option<&'static [u8]> {
             }
         };
     }
-    guests!("hello")
+    guests!("hello", "timer", "echo", "entropy", "crash", "race")
 }
 
 /// Directory holding the guests' C/asm sources (`c/`, `runtime/`), as named
@@ -175,6 +249,14 @@ mod tests {
                 u64_at(elf, 0x18),
                 "{name}: e_entry != PVH entry"
             );
+        }
+    }
+
+    #[test]
+    fn names_match_elf_bytes() {
+        // elf_bytes() lists the names again (include_bytes! needs literals).
+        for name in NAMES {
+            assert!(elf_bytes(name).is_some(), "{name} missing from elf_bytes()");
         }
     }
 
