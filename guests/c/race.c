@@ -26,13 +26,17 @@
  * `watch -l shared.items[K]`, then `reverse-continue` lands on the POISON
  * store in timer_tick().
  *
- * How often it fails depends only on timing: where the tick falls relative
- * to the push.  Main wakes up on a tick, waits a pseudo-random delay
- * (jitter(), seeded from the TSC) and pushes; the push is hit only if the
- * next tick arrives during its window, i.e. if the vCPU loses most of a tick
- * period (~1600 instructions at the VMM's speed) right there.  With the
- * defaults that is rare.  The PVH command line can change the timing
- * (defaults in brackets) to make it likely:
+ * How often it fails depends only on timing: where the next tick falls
+ * relative to the push.  Each tick pops one item and wakes main, which waits
+ * a pseudo-random delay (jitter(), seeded from the TSC: ~0-400
+ * instructions) and pushes one item; the window then lies ~170-600
+ * instructions after the tick.  The push is hit only if the next tick comes
+ * that early: if the tick period is shorter than ~600 instructions (above
+ * ~1.6 us/instruction at 1000 Hz), or if the vCPU stalls for most of a tick
+ * right inside the window.  At the VMM's ~610 ns/instruction a tick is
+ * ~1600 instructions, so with the defaults it rarely fails.  The PVH
+ * command line can change the timing (defaults in brackets) to make it
+ * likely:
  *   race.hz=N      timer frequency              [RACE_HZ]
  *   race.window=N  make_item() rounds           [RACE_WINDOW]
  *   race.jitter=N  max delay-loop iterations    [RACE_JITTER]
@@ -149,6 +153,11 @@ int main(const struct hvm_start_info *si)
 	printk("race: %u ticks at %u Hz, window %u\n", RACE_TICKS, hz, window_rounds);
 
 	rng_state = (uint32_t)rdtsc() | 1;   /* nondeterministic seed */
+
+	/* Fill the stack before the timer runs (no race possible yet), so
+	 * from the first tick on main pushes exactly one item per tick. */
+	while (shared.count < RACE_LEVEL)
+		push_item();
 
 	irq_register(0, timer_tick);
 	pit_start((uint16_t)(PIT_HZ / hz), 2);
