@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use ttvm_vmm::elf_image::read_image_file;
+use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::memory::{self, DEFAULT_MEM};
+use ttvm_vmm::stepping::TimeConfig;
 use ttvm_vmm::{Machine, MachineConfig, RealHost, SerialSource};
 
 /// Options shared by every command that builds a machine.
@@ -76,11 +78,26 @@ impl MachineArgs {
     }
 }
 
+/// How the guest executes under `ttvm run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunClock {
+    /// Free-running under KVM; guest time is host time (fastest; nothing is exact).
+    None,
+    /// One single step at a time with virtual time, exactly as `ttvm record` runs.
+    Singlestep,
+}
+
 /// `ttvm run [OPTIONS] GUEST`
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub machine: MachineArgs,
+    /// Execution clock: `none` runs free, `singlestep` runs as the recorder does.
+    #[arg(long, value_enum, default_value = "none")]
+    pub clock: RunClock,
+    /// Guest nanoseconds per step under the single-step clock.
+    #[arg(long, value_name = "NS", default_value_t = TimeConfig::default().ns_per_step)]
+    pub time_rate: u64,
     /// The guest: a PVH ELF image (32- or 64-bit).
     #[arg(value_name = "GUEST")]
     pub guest: PathBuf,
@@ -88,7 +105,38 @@ pub struct RunArgs {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let image = read_image_file(&args.guest)?;
-    run_image(&args.machine, &image)
+    match args.clock {
+        RunClock::None => run_image(&args.machine, &image),
+        RunClock::Singlestep => run_image_stepped(&args.machine, &image, args.time_rate),
+    }
+}
+
+/// Runs `image` under the single-step clock with the live host; returns the exit code.
+pub fn run_image_stepped(
+    opts: &MachineArgs,
+    image: &[u8],
+    ns_per_step: u64,
+) -> anyhow::Result<i32> {
+    let mut machine = Machine::new(opts.machine_config(), image, opts.serial_output()?)?;
+    let mut driver = LiveDriver::new(opts.serial_source()?);
+    let report = machine.run_stepped(&mut driver, TimeConfig { ns_per_step })?;
+    let _ = io::stdout().flush();
+    tracing::info!(
+        steps = report.position,
+        emulated = report.emulated,
+        seconds = report.duration.as_secs_f64(),
+        "stepped run finished"
+    );
+    match report.end {
+        Some(end) => {
+            eprintln!("ttvm: {end} (after {} steps)", report.position);
+            Ok(end.exit_code())
+        }
+        None => {
+            eprintln!("ttvm: stopped at step {}", report.position);
+            Ok(ttvm_vmm::exit_code::INTERRUPTED)
+        }
+    }
 }
 
 /// Boots `image` with `opts` and runs it to its end; returns the exit code.

@@ -18,6 +18,8 @@ pub mod exit_code {
     pub const RESET: i32 = 123;
     /// KVM could not run or emulate a guest instruction.
     pub const EMULATION_ERROR: i32 = 124;
+    /// The run was stopped by the user (Ctrl-C) before the guest ended.
+    pub const INTERRUPTED: i32 = 130;
 }
 
 /// Why a run ended (guest-caused ends; ttvm's own failures are errors instead).

@@ -7,15 +7,20 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod decode;
 pub mod devices;
+pub mod digest;
 pub mod elf_image;
 pub mod end;
 pub mod inputs;
 pub mod kick;
 pub mod kvm_host;
+pub mod live;
 pub mod machine;
 pub mod memory;
+pub mod paging;
 pub mod run_loop;
+pub mod stepping;
 pub mod vcpu;
 
 pub use end::{exit_code, RunEnd};

@@ -59,7 +59,7 @@ pub fn validate_size(bytes: u64) -> Result<u64, MemoryError> {
     if bytes > MAX_MEM {
         return Err(MemoryError::TooLarge { bytes });
     }
-    if bytes % 4096 != 0 {
+    if !bytes.is_multiple_of(4096) {
         return Err(MemoryError::Unaligned { bytes });
     }
     Ok(bytes)

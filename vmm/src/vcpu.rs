@@ -3,8 +3,11 @@
 
 use std::os::fd::AsRawFd;
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_bindings::{
+    kvm_guest_debug, kvm_regs, kvm_sregs, kvm_vcpu_events, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP,
+};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 /// KVM_INTERRUPT = _IOW(KVMIO, 0x86, struct kvm_interrupt); kvm-ioctls has no wrapper.
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
@@ -75,6 +78,12 @@ pub enum VcpuError {
     SetFpu(kvm_ioctls::Error),
     #[error("KVM_SET_CPUID2 failed: {0}")]
     SetCpuid(kvm_ioctls::Error),
+    #[error("KVM_SET_GUEST_DEBUG failed: {0}")]
+    SetGuestDebug(kvm_ioctls::Error),
+    #[error("KVM_GET_VCPU_EVENTS failed: {0}")]
+    GetEvents(kvm_ioctls::Error),
+    #[error("KVM_SET_VCPU_EVENTS failed: {0}")]
+    SetEvents(kvm_ioctls::Error),
 }
 
 pub struct Vcpu {
@@ -236,6 +245,53 @@ impl Vcpu {
             });
         }
         Ok(())
+    }
+
+    /// Has KVM copy registers and special registers into `kvm_run` on every exit, so the
+    /// stepping loop reads them without an ioctl.
+    pub fn enable_sync_regs(&mut self) {
+        self.fd.set_sync_valid_reg(SyncReg::Register);
+        self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+    }
+
+    /// Registers as of the last exit (needs `enable_sync_regs`).
+    pub fn synced_regs(&mut self) -> kvm_regs {
+        // SAFETY: `s.regs` is the x86 view of the sync area, valid after an exit with
+        // KVM_SYNC_X86_REGS requested; both views are plain data.
+        unsafe { self.fd.get_kvm_run().s.regs.regs }
+    }
+
+    /// Special registers as of the last exit (needs `enable_sync_regs`).
+    pub fn synced_sregs(&mut self) -> kvm_sregs {
+        // SAFETY: as for `synced_regs`, with KVM_SYNC_X86_SREGS.
+        unsafe { self.fd.get_kvm_run().s.regs.sregs }
+    }
+
+    /// Arms (or disarms) single-stepping. On real KVM the trap is re-armed only while RIP
+    /// equals the RIP at this call, so callers set registers first, then call this.
+    pub fn set_single_step(&self, on: bool) -> Result<(), VcpuError> {
+        let control = if on {
+            KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP
+        } else {
+            0
+        };
+        let debug = kvm_guest_debug {
+            control,
+            ..Default::default()
+        };
+        self.fd
+            .set_guest_debug(&debug)
+            .map_err(VcpuError::SetGuestDebug)
+    }
+
+    pub fn events(&self) -> Result<kvm_vcpu_events, VcpuError> {
+        self.fd.get_vcpu_events().map_err(VcpuError::GetEvents)
+    }
+
+    pub fn set_events(&self, events: &kvm_vcpu_events) -> Result<(), VcpuError> {
+        self.fd
+            .set_vcpu_events(events)
+            .map_err(VcpuError::SetEvents)
     }
 
     pub fn regs(&self) -> Result<kvm_regs, VcpuError> {

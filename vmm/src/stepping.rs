@@ -1,0 +1,470 @@
+//! The single-step clock and the stepped run loop shared by record and replay.
+//!
+//! A position is the number of single steps since boot (KVM_GUESTDBG_SINGLESTEP debug
+//! exits, plus one for each instruction the VMM emulates). Before each step the loop
+//! decodes the next instruction and emulates RDTSC/RDTSCP/RDRAND/RDSEED/RDMSR(TSC)/HLT
+//! with values from the driver. Everything that depends on the outside world is asked of a
+//! `StepDriver` at a known position: the recorder answers from the host and logs, the
+//! replayer answers from the log. The loop itself is the same code for both.
+//!
+//! Guest time is virtual: `ns_per_step` nanoseconds per step, plus the time skipped while
+//! the guest is halted (it jumps to the next timer deadline). The TSC runs at 1 GHz from
+//! a base the driver supplies.
+//!
+//! Stepping quirks handled here (see HOST-NOTES): KVM exits with HLT never happen because
+//! HLT is emulated; on KVMs whose step passes over HLT or RDRAND the decode-first rule
+//! makes that irrelevant; after emulation the registers are set first and single-step
+//! armed after (real KVM re-arms the trap only for the RIP it was armed at); an injected
+//! interrupt's step ends wherever this KVM ends it (positions are per-KVM semantics,
+//! recorded in the trace header).
+
+use std::time::{Duration, Instant};
+
+use iced_x86::Register;
+use kvm_bindings::kvm_regs;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{self, Emulated};
+use crate::devices::DeviceCtx;
+use crate::digest::RegSnapshot;
+use crate::end::RunEnd;
+use crate::inputs::SerialPoll;
+use crate::machine::{Machine, MachineError};
+use crate::paging::Mmu;
+use crate::vcpu::Exit;
+
+/// Steps since boot.
+pub type Position = u64;
+
+/// A digest of the registers is taken every this many steps.
+pub const DIGEST_INTERVAL: u64 = 4096;
+
+/// Guest time settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeConfig {
+    /// Guest nanoseconds per step (the single-step clock's nominal rate).
+    pub ns_per_step: u64,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig { ns_per_step: 100 }
+    }
+}
+
+/// Facts from the host at boot that the guest can observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFacts {
+    /// Wall-clock time at boot (unix ns): the RTC's epoch.
+    pub wall_clock_ns: u64,
+    /// TSC value at boot.
+    pub tsc_base: u64,
+}
+
+/// A value only the host can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostValueKind {
+    Rdtsc,
+    Rdtscp,
+    Rdrand,
+    Rdseed,
+}
+
+/// Why a driver stops a run early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The user asked (Ctrl-C).
+    Interrupted,
+    /// The driver reached where it wanted to be (replay target, end of log).
+    Reached,
+}
+
+/// The outside world as seen at exact positions. Errors abort the run (e.g. divergence).
+pub trait StepDriver {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Called once before the first step.
+    fn boot(&mut self) -> Result<BootFacts, Self::Error>;
+    /// Called at every position before anything else; may stop the run.
+    fn boundary(&mut self, pos: Position, machine: &Machine) -> Result<Option<Stop>, Self::Error>;
+    /// Serial input due at `pos` (at most `room` bytes), or the end of the input.
+    fn serial(&mut self, pos: Position, room: usize) -> Result<SerialPoll, Self::Error>;
+    /// Whether the interrupt controller's interrupt is injected at `pos`.
+    fn inject_now(
+        &mut self,
+        pos: Position,
+        pending: bool,
+        ready: bool,
+    ) -> Result<bool, Self::Error>;
+    /// The vector injected at `pos`.
+    fn injected(&mut self, pos: Position, vector: u8) -> Result<(), Self::Error>;
+    /// A host value for an emulated instruction; `virtual_value` is what ttvm's own clock
+    /// says (for the TSC). Returns the value and the carry flag (RDRAND/RDSEED success).
+    fn host_value(
+        &mut self,
+        pos: Position,
+        kind: HostValueKind,
+        virtual_value: u64,
+    ) -> Result<(u64, bool), Self::Error>;
+    /// A periodic register snapshot at `pos`.
+    fn snapshot(&mut self, pos: Position, regs: &RegSnapshot) -> Result<(), Self::Error>;
+    /// The guest is halted with no timer armed: block until input may have arrived.
+    fn wait_for_input(&mut self, pos: Position) -> Result<(), Self::Error>;
+    /// The run ended at `pos`.
+    fn end(&mut self, pos: Position, end: &RunEnd, regs: &RegSnapshot) -> Result<(), Self::Error>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteppedError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error(transparent)]
+    Driver(E),
+}
+
+/// How a stepped run finished.
+#[derive(Debug, Clone)]
+pub struct SteppedReport {
+    /// The guest's end, or None if the driver stopped the run.
+    pub end: Option<RunEnd>,
+    pub stop: Option<Stop>,
+    pub position: Position,
+    pub final_regs: RegSnapshot,
+    pub emulated: u64,
+    pub duration: Duration,
+    pub guest_ns: u64,
+}
+
+/// The clock: position and guest time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepClock {
+    pub pos: Position,
+    /// Guest nanoseconds skipped while halted.
+    pub skipped_ns: u64,
+    pub ns_per_step: u64,
+}
+
+impl StepClock {
+    pub fn now_ns(&self) -> u64 {
+        self.pos
+            .saturating_mul(self.ns_per_step)
+            .saturating_add(self.skipped_ns)
+    }
+
+    fn skip_to(&mut self, deadline_ns: u64) {
+        let now = self.now_ns();
+        if deadline_ns > now {
+            self.skipped_ns += deadline_ns - now;
+        }
+    }
+}
+
+/// Per-run state of the loop.
+struct LoopState {
+    clock: StepClock,
+    halted: bool,
+    /// Interrupt readiness known without a KVM exit (after emulation), else None.
+    ready_override: Option<bool>,
+    emulated: u64,
+    tsc_base: u64,
+}
+
+impl Machine {
+    /// Runs the guest one step at a time under `driver` until it ends or the driver stops.
+    pub fn run_stepped<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+        time: TimeConfig,
+    ) -> Result<SteppedReport, SteppedError<D::Error>> {
+        let started = Instant::now();
+        let facts = driver.boot().map_err(SteppedError::Driver)?;
+        self.boot_wall_clock_ns = facts.wall_clock_ns;
+        self.vcpu.enable_sync_regs();
+        self.vcpu
+            .set_single_step(true)
+            .map_err(MachineError::from)?;
+        // The first exit has not happened yet: fetch registers once by ioctl.
+        let mut regs = self.vcpu.regs().map_err(MachineError::from)?;
+        let mut sregs = self.vcpu.sregs().map_err(MachineError::from)?;
+        let mut st = LoopState {
+            clock: StepClock {
+                ns_per_step: time.ns_per_step,
+                ..StepClock::default()
+            },
+            halted: false,
+            ready_override: Some(regs.rflags & RFLAGS_IF != 0),
+            emulated: 0,
+            tsc_base: facts.tsc_base,
+        };
+        let mut last_snapshot = None;
+        let (end, stop) = loop {
+            let pos = st.clock.pos;
+            self.now_ns = st.clock.now_ns();
+            if let Some(stop) = driver.boundary(pos, self).map_err(SteppedError::Driver)? {
+                break (None, Some(stop));
+            }
+            if pos.is_multiple_of(DIGEST_INTERVAL) && last_snapshot != Some(pos) {
+                last_snapshot = Some(pos);
+                driver
+                    .snapshot(pos, &RegSnapshot::from_regs(&regs))
+                    .map_err(SteppedError::Driver)?;
+            }
+            let delivered = self.stepped_inputs(driver, pos)?;
+            if let Some(end) = self.take_pending_end()? {
+                break (Some(end), None);
+            }
+            let pending = self.devices.pic.has_pending();
+            let ready = match (st.halted, st.ready_override) {
+                (true, _) => regs.rflags & RFLAGS_IF != 0,
+                (false, Some(r)) => r,
+                (false, None) => self.vcpu.ready_for_interrupt(),
+            };
+            if driver
+                .inject_now(pos, pending, ready)
+                .map_err(SteppedError::Driver)?
+            {
+                let vector = self.devices.pic.acknowledge();
+                self.vcpu.inject(vector).map_err(MachineError::from)?;
+                self.stats.interrupts_injected += 1;
+                driver.injected(pos, vector).map_err(SteppedError::Driver)?;
+                st.halted = false;
+            } else if st.halted {
+                if regs.rflags & RFLAGS_IF == 0 {
+                    break (Some(halted_end(&regs, false)), None);
+                }
+                if delivered {
+                    continue;
+                }
+                match self.devices.pit.next_deadline_ns() {
+                    Some(deadline) => st.clock.skip_to(deadline),
+                    None if self.devices.serial.is_hung_up() => {
+                        break (Some(halted_end(&regs, true)), None);
+                    }
+                    None => driver.wait_for_input(pos).map_err(SteppedError::Driver)?,
+                }
+                continue;
+            }
+            // Decode the next instruction: emulate it, or let KVM step it.
+            let mmu = Mmu::from_sregs(&sregs);
+            let next = self.next_instruction(&mmu, &regs, &sregs);
+            if let Some((emulated, len)) = next {
+                self.emulate(driver, &mut st, &mut regs, emulated, len)?;
+                continue;
+            }
+            match self.step_once(&st.clock)? {
+                Some(end) => break (Some(end), None),
+                None => {
+                    st.clock.pos += 1;
+                    st.ready_override = None;
+                    regs = self.vcpu.synced_regs();
+                    sregs = self.vcpu.synced_sregs();
+                }
+            }
+        };
+        let final_regs = RegSnapshot::from_regs(&regs);
+        if let Some(end) = &end {
+            driver
+                .end(st.clock.pos, end, &final_regs)
+                .map_err(SteppedError::Driver)?;
+        }
+        Ok(SteppedReport {
+            end,
+            stop,
+            position: st.clock.pos,
+            final_regs,
+            emulated: st.emulated,
+            duration: started.elapsed(),
+            guest_ns: st.clock.now_ns(),
+        })
+    }
+
+    fn take_pending_end<E: std::error::Error>(
+        &mut self,
+    ) -> Result<Option<RunEnd>, SteppedError<E>> {
+        if let Some(e) = self.devices.serial.take_output_error() {
+            return Err(MachineError::from(e).into());
+        }
+        Ok(self.pending_end.take())
+    }
+
+    /// Serial input and timers at the current position. Returns whether input arrived.
+    fn stepped_inputs<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+        pos: Position,
+    ) -> Result<bool, SteppedError<D::Error>> {
+        let mut ctx = DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
+        let mut delivered = false;
+        let serial = &mut self.devices.serial;
+        if !serial.is_hung_up() {
+            match driver
+                .serial(pos, serial.rx_room())
+                .map_err(SteppedError::Driver)?
+            {
+                SerialPoll::Bytes(bytes) => {
+                    serial.receive(&bytes, &mut ctx);
+                    delivered = true;
+                }
+                SerialPoll::Ended => {
+                    serial.hang_up();
+                    delivered = true;
+                }
+                SerialPoll::Nothing => {}
+            }
+        }
+        self.devices.pit.poll(&mut ctx);
+        self.apply(ctx, |_| 0);
+        Ok(delivered)
+    }
+
+    /// The instruction at RIP if the VMM must emulate it, with its length.
+    fn next_instruction(
+        &self,
+        mmu: &Mmu,
+        regs: &kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) -> Option<(Emulated, u8)> {
+        let bitness = if mmu.long_mode() && sregs.cs.l != 0 {
+            64
+        } else if sregs.cs.db != 0 {
+            32
+        } else {
+            16
+        };
+        let linear = if bitness == 64 {
+            regs.rip
+        } else {
+            sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+        };
+        let mut bytes = [0u8; 15];
+        let n = mmu.read_virt(&self.mem, linear, &mut bytes);
+        let next = decode::classify(&bytes[..n], bitness, regs.rcx as u32)?;
+        next.emulated.map(|e| (e, next.len))
+    }
+
+    /// Emulates one instruction: registers set by ioctl, interrupt shadow cleared, then
+    /// single-step re-armed (in that order, for real KVM's sake).
+    fn emulate<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+        st: &mut LoopState,
+        regs: &mut kvm_regs,
+        what: Emulated,
+        len: u8,
+    ) -> Result<(), SteppedError<D::Error>> {
+        let pos = st.clock.pos;
+        let virtual_tsc = st.tsc_base.wrapping_add(st.clock.now_ns());
+        let mut ask = |kind| {
+            driver
+                .host_value(pos, kind, virtual_tsc)
+                .map_err(SteppedError::Driver)
+        };
+        match what {
+            Emulated::Rdtsc | Emulated::RdmsrTsc => {
+                let (tsc, _) = ask(HostValueKind::Rdtsc)?;
+                set_edx_eax(regs, tsc);
+            }
+            Emulated::Rdtscp => {
+                let (tsc, _) = ask(HostValueKind::Rdtscp)?;
+                set_edx_eax(regs, tsc);
+                regs.rcx = 0; // IA32_TSC_AUX: CPU 0
+            }
+            Emulated::Rdrand { dest, bits } => {
+                let (value, ok) = ask(HostValueKind::Rdrand)?;
+                set_random(regs, dest, bits, value, ok);
+            }
+            Emulated::Rdseed { dest, bits } => {
+                let (value, ok) = ask(HostValueKind::Rdseed)?;
+                set_random(regs, dest, bits, value, ok);
+            }
+            Emulated::Hlt => st.halted = true,
+        }
+        regs.rip = regs.rip.wrapping_add(u64::from(len));
+        self.vcpu.set_regs(regs).map_err(MachineError::from)?;
+        let mut events = self.vcpu.events().map_err(MachineError::from)?;
+        if events.interrupt.shadow != 0 {
+            events.interrupt.shadow = 0;
+            self.vcpu.set_events(&events).map_err(MachineError::from)?;
+        }
+        self.vcpu
+            .set_single_step(true)
+            .map_err(MachineError::from)?;
+        st.ready_override = Some(regs.rflags & RFLAGS_IF != 0);
+        st.clock.pos += 1;
+        st.emulated += 1;
+        Ok(())
+    }
+
+    /// One KVM single step, handling the device exits inside it. Returns a run end if the
+    /// step ended the run.
+    fn step_once(&mut self, clock: &StepClock) -> Result<Option<RunEnd>, MachineError> {
+        loop {
+            let exit = self.vcpu.run()?;
+            self.now_ns = clock.now_ns();
+            match exit {
+                Exit::Debug { .. } => return Ok(None),
+                Exit::Interrupted => continue,
+                // A KVM that halts instead of stepping over a HLT we failed to decode: the
+                // step is over.
+                Exit::Hlt => {
+                    self.stats.hlt_exits += 1;
+                    return Ok(None);
+                }
+                other => {
+                    self.handle_exit(other)?;
+                    if let Some(end) = self.pending_end.take() {
+                        return Ok(Some(end));
+                    }
+                }
+            }
+        }
+    }
+}
+
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_CF: u64 = 1;
+/// CF, PF, AF, ZF, SF, OF: RDRAND/RDSEED clear all but CF.
+const RFLAGS_ARITH: u64 = 0x8d5;
+
+fn halted_end(regs: &kvm_regs, interrupts_enabled: bool) -> RunEnd {
+    RunEnd::HaltedForGood {
+        rip: regs.rip.wrapping_sub(1),
+        interrupts_enabled,
+    }
+}
+
+fn set_edx_eax(regs: &mut kvm_regs, value: u64) {
+    regs.rax = value & 0xffff_ffff;
+    regs.rdx = value >> 32;
+}
+
+fn set_random(regs: &mut kvm_regs, dest: Register, bits: u32, value: u64, ok: bool) {
+    let value = if ok { value } else { 0 };
+    let slot = match dest.full_register() {
+        Register::RAX => &mut regs.rax,
+        Register::RBX => &mut regs.rbx,
+        Register::RCX => &mut regs.rcx,
+        Register::RDX => &mut regs.rdx,
+        Register::RSI => &mut regs.rsi,
+        Register::RDI => &mut regs.rdi,
+        Register::RSP => &mut regs.rsp,
+        Register::RBP => &mut regs.rbp,
+        Register::R8 => &mut regs.r8,
+        Register::R9 => &mut regs.r9,
+        Register::R10 => &mut regs.r10,
+        Register::R11 => &mut regs.r11,
+        Register::R12 => &mut regs.r12,
+        Register::R13 => &mut regs.r13,
+        Register::R14 => &mut regs.r14,
+        _ => &mut regs.r15,
+    };
+    *slot = match bits {
+        64 => value,
+        32 => value & 0xffff_ffff,
+        _ => (*slot & !0xffff) | (value & 0xffff),
+    };
+    regs.rflags &= !RFLAGS_ARITH;
+    if ok {
+        regs.rflags |= RFLAGS_CF;
+    }
+}
