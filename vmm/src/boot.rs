@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn elf32_and_elf64_images_load() {
-        use crate::elf_image::{parse, tests::tiny_elf};
+        use crate::elf_image::{parse, testing::tiny_elf};
         for class in [ElfClass::Elf32, ElfClass::Elf64] {
             let mem = memory::allocate(4 << 20).unwrap();
             let bytes = tiny_elf(class, true, 16);

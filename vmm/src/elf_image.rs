@@ -281,12 +281,14 @@ pub fn parse(image: &[u8], mem_bytes: u64) -> Result<ElfImage, ImageError> {
     })
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Hand-made images for tests of bad input (here and in the end-to-end tests).
+#[doc(hidden)]
+pub mod testing {
     use super::*;
 
-    /// A minimal ELF (32 or 64-bit) with one PT_LOAD at 1 MiB and, optionally, a PVH note.
-    pub(crate) fn tiny_elf(class: ElfClass, with_note: bool, load_size: u64) -> Vec<u8> {
+    /// A minimal ELF (32 or 64-bit) with one PT_LOAD of `hlt`s at 1 MiB, `load_size` bytes
+    /// in memory, and optionally a PVH note pointing at it.
+    pub fn tiny_elf(class: ElfClass, with_note: bool, load_size: u64) -> Vec<u8> {
         let mut note = Vec::new();
         if with_note {
             note.extend_from_slice(&4u32.to_le_bytes());
@@ -364,6 +366,12 @@ pub(crate) mod tests {
         f.extend_from_slice(&code);
         f
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::testing::tiny_elf;
+    use super::*;
 
     #[test]
     fn parses_both_classes() {
