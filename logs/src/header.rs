@@ -1,0 +1,411 @@
+//! The trace header (`header.json`): what was recorded, on what, with which clock, and
+//! (once closed) how the recording ended.
+//!
+//! Versioning: [`FORMAT_VERSION`] is the version of the format this ttvm writes;
+//! [`COMPAT_VERSION`] is the oldest reader format able to read what it writes. A reader
+//! refuses a trace whose `compat_version` is above its own `FORMAT_VERSION`. Fields added
+//! later must be optional (`#[serde(default)]`) so older traces keep parsing; readers
+//! ignore fields they do not know.
+use crate::event::{EndReason, EventKind};
+use crate::fsutil;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The trace format version this ttvm writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 1;
+/// The oldest reader format that can read traces this ttvm writes.
+pub const COMPAT_VERSION: u32 = 1;
+/// Name of the header file inside a trace directory.
+pub const HEADER_FILE: &str = "header.json";
+
+/// Errors reading or writing `header.json`.
+#[derive(Debug, Error)]
+pub enum HeaderError {
+    /// The file could not be read.
+    #[error("cannot read trace header {path}: {source}")]
+    Read {
+        /// The header file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file could not be written.
+    #[error("cannot write trace header {path}: {source}")]
+    Write {
+        /// The header file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON or lacks required fields.
+    #[error("corrupt trace header {path}: {source}")]
+    Parse {
+        /// The header file.
+        path: PathBuf,
+        /// What serde found.
+        source: serde_json::Error,
+    },
+    /// The version fields are missing or not numbers.
+    #[error("corrupt trace header {path}: no valid format_version/compat_version")]
+    NoVersion {
+        /// The header file.
+        path: PathBuf,
+    },
+    /// The trace needs a newer reader.
+    #[error("trace made by a newer ttvm (format {format}); upgrade ttvm to read it ({path} needs reader format {compat}, this ttvm reads format {FORMAT_VERSION})")]
+    NewerFormat {
+        /// The header file.
+        path: PathBuf,
+        /// The trace's format version.
+        format: u32,
+        /// The minimum reader format it needs.
+        compat: u32,
+    },
+}
+
+/// A point in time: Unix seconds and the same as RFC 3339 UTC text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch.
+    pub unix_seconds: u64,
+    /// `YYYY-MM-DDTHH:MM:SSZ`.
+    pub rfc3339: String,
+}
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self::from_unix(secs)
+    }
+
+    /// The timestamp for `unix_seconds`.
+    pub fn from_unix(unix_seconds: u64) -> Self {
+        Timestamp {
+            unix_seconds,
+            rfc3339: format_rfc3339(unix_seconds),
+        }
+    }
+}
+
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+pub fn format_rfc3339(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The position clock of a trace and what its counts mean.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClockInfo {
+    /// `"singlestep"` or `"pmu"`.
+    pub name: String,
+    /// Free text: what one count is (event code, stepping quirks...).
+    pub semantics: String,
+    /// Clock parameters (PMU event code, skid allowance...).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// One CPUID leaf as given to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CpuidEntry {
+    /// Leaf (eax input).
+    pub function: u32,
+    /// Sub-leaf (ecx input).
+    pub index: u32,
+    /// KVM flags of the entry.
+    pub flags: u32,
+    /// Output eax.
+    pub eax: u32,
+    /// Output ebx.
+    pub ebx: u32,
+    /// Output ecx.
+    pub ecx: u32,
+    /// Output edx.
+    pub edx: u32,
+}
+
+/// The virtual machine the trace was recorded on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MachineConfig {
+    /// Guest RAM size in bytes.
+    pub mem_bytes: u64,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// The CPUID template given to the vCPU.
+    #[serde(default)]
+    pub cpuid: Vec<CpuidEntry>,
+}
+
+/// Facts about the recording host's CPU and KVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HostInfo {
+    /// `GenuineIntel`, `AuthenticAMD`...
+    pub cpu_vendor: String,
+    /// Marketing name of the CPU.
+    pub cpu_model_name: String,
+    /// CPU family.
+    pub family: u32,
+    /// CPU model.
+    pub model: u32,
+    /// CPU stepping.
+    pub stepping: u32,
+    /// KVM flavour and anything notable (nested, versions...).
+    #[serde(default)]
+    pub kvm_notes: String,
+}
+
+impl HostInfo {
+    /// Reads the CPU facts of the first processor from `/proc/cpuinfo` (empty fields
+    /// where unavailable; `kvm_notes` is left for the VMM to fill).
+    pub fn detect() -> Self {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|text| Self::parse_cpuinfo(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses the first processor block of `/proc/cpuinfo` text.
+    pub fn parse_cpuinfo(text: &str) -> Self {
+        let mut info = HostInfo::default();
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                break;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match key.trim() {
+                "vendor_id" => info.cpu_vendor = value.to_string(),
+                "model name" => info.cpu_model_name = value.to_string(),
+                "cpu family" => info.family = value.parse().unwrap_or(0),
+                "model" => info.model = value.parse().unwrap_or(0),
+                "stepping" => info.stepping = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// The guest image embedded in the trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GuestImageInfo {
+    /// File name (or label) of the image.
+    pub name: String,
+    /// Size in bytes, uncompressed.
+    pub size: u64,
+    /// SHA-256 of the image, lowercase hex.
+    pub sha256: String,
+}
+
+/// How a recording ended; written into the header at clean close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseRecord {
+    /// Why the run ended.
+    pub end_reason: EndReason,
+    /// Position-clock value at the end.
+    pub final_position: u64,
+    /// Wall-clock duration of the recording in nanoseconds.
+    pub duration_nanos: u64,
+    /// When the trace was closed.
+    pub closed: Timestamp,
+    /// Total number of events in the stream.
+    pub event_count: u64,
+    /// Number of chunks in `events`.
+    pub chunk_count: u64,
+    /// Number of checkpoints stored.
+    #[serde(default)]
+    pub checkpoint_count: u64,
+    /// Events per kind (kind name -> count).
+    #[serde(default)]
+    pub events_by_kind: BTreeMap<String, u64>,
+    /// Counters supplied by the recorder (VM exits, single steps...).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// What the recorder knows when it starts a trace; the writer adds the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TraceMeta {
+    /// Name of the guest (used for the directory name `<guest>-<n>`).
+    pub guest_name: String,
+    /// The ttvm version string (e.g. `env!("CARGO_PKG_VERSION")` of the binary).
+    pub ttvm_version: String,
+    /// The machine.
+    pub machine: MachineConfig,
+    /// The position clock.
+    pub clock: ClockInfo,
+    /// The host.
+    pub host: HostInfo,
+    /// Name of the guest image file.
+    pub guest_image_name: String,
+}
+
+/// The contents of `header.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHeader {
+    /// Format version of the writer.
+    pub format_version: u32,
+    /// Oldest reader format that can read this trace.
+    pub compat_version: u32,
+    /// When recording started.
+    pub created: Timestamp,
+    /// Version of the ttvm that recorded.
+    pub ttvm_version: String,
+    /// Name of the guest.
+    pub guest_name: String,
+    /// The machine.
+    pub machine: MachineConfig,
+    /// The position clock.
+    pub clock: ClockInfo,
+    /// The host.
+    pub host: HostInfo,
+    /// The embedded guest image.
+    pub guest_image: GuestImageInfo,
+    /// Filled at clean close; `None` while recording or after a crash.
+    #[serde(default)]
+    pub close: Option<CloseRecord>,
+}
+
+impl TraceHeader {
+    /// Builds the header of a new trace from `meta` and the image's facts.
+    pub fn new(meta: &TraceMeta, image: GuestImageInfo) -> Self {
+        TraceHeader {
+            format_version: FORMAT_VERSION,
+            compat_version: COMPAT_VERSION,
+            created: Timestamp::now(),
+            ttvm_version: meta.ttvm_version.clone(),
+            guest_name: meta.guest_name.clone(),
+            machine: meta.machine.clone(),
+            clock: meta.clock.clone(),
+            host: meta.host.clone(),
+            guest_image: image,
+            close: None,
+        }
+    }
+
+    /// Reads `dir/header.json`, refusing traces that need a newer reader.
+    pub fn read(dir: &Path) -> Result<Self, HeaderError> {
+        let path = dir.join(HEADER_FILE);
+        let text = std::fs::read(&path).map_err(|source| HeaderError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&path, &text)
+    }
+
+    /// Parses header bytes (`path` only names the file in errors).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, HeaderError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|source| HeaderError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let version = |name: &str| {
+            value
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        let (Some(format), Some(compat)) = (version("format_version"), version("compat_version"))
+        else {
+            return Err(HeaderError::NoVersion {
+                path: path.to_path_buf(),
+            });
+        };
+        if compat > FORMAT_VERSION {
+            return Err(HeaderError::NewerFormat {
+                path: path.to_path_buf(),
+                format,
+                compat,
+            });
+        }
+        serde_json::from_value(value).map_err(|source| HeaderError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Writes `dir/header.json` atomically (temp file, fsync, rename).
+    pub fn write(&self, dir: &Path) -> Result<(), HeaderError> {
+        let path = dir.join(HEADER_FILE);
+        let mut text = serde_json::to_vec_pretty(self).map_err(|e| HeaderError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        text.push(b'\n');
+        fsutil::write_atomic(&path, &text).map_err(|source| HeaderError::Write { path, source })
+    }
+}
+
+/// Per-kind counts keyed by kind name, skipping zeros.
+pub fn counts_by_name(counts: &[u64; EventKind::COUNT]) -> BTreeMap<String, u64> {
+    EventKind::ALL
+        .iter()
+        .zip(counts)
+        .filter(|(_, &n)| n > 0)
+        .map(|(k, &n)| (k.name().to_string(), n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn cpuinfo_parses_first_block() {
+        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Xeon\nstepping\t: 7\n\nprocessor\t: 1\nvendor_id\t: Other\n";
+        let h = HostInfo::parse_cpuinfo(text);
+        assert_eq!(h.cpu_vendor, "GenuineIntel");
+        assert_eq!((h.family, h.model, h.stepping), (6, 85, 7));
+        assert_eq!(h.cpu_model_name, "Xeon");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_newer_compat_refused() {
+        let h = TraceHeader::new(&TraceMeta::default(), GuestImageInfo::default());
+        let mut v = serde_json::to_value(&h).unwrap();
+        v["some_future_field"] = serde_json::json!({"x": 1});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(TraceHeader::parse(Path::new("h"), &bytes).unwrap(), h);
+
+        v["format_version"] = serde_json::json!(FORMAT_VERSION + 5);
+        v["compat_version"] = serde_json::json!(FORMAT_VERSION + 1);
+        v["machine"] = serde_json::json!("changed shape");
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let err = TraceHeader::parse(Path::new("h"), &bytes).unwrap_err();
+        assert!(matches!(err, HeaderError::NewerFormat { .. }));
+        assert!(err
+            .to_string()
+            .starts_with("trace made by a newer ttvm (format 6); upgrade ttvm to read it"));
+    }
+}
