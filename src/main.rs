@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a bundled demo guest (default: `race`).
+    Demo(commands::demo::DemoArgs),
     /// Boot a PVH guest and run it under KVM (nothing is recorded).
     Run(commands::run::RunArgs),
     /// List recorded traces.
@@ -29,6 +31,7 @@ fn main() {
     init_logging();
     let result = match &cli.command {
         Command::Run(args) => commands::run::run(args),
+        Command::Demo(args) => commands::demo::demo(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),
     };

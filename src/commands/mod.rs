@@ -1,4 +1,5 @@
 //! One module per subcommand: each parses nothing itself (clap did), calls a library and
 //! returns the process exit code.
+pub mod demo;
 pub mod run;
 pub mod trace;
