@@ -89,6 +89,14 @@ pub fn decode_preamble(magic: [u8; 8], b: &[u8; PREAMBLE_LEN]) -> Result<u32, Re
     if version > STREAM_VERSION {
         return Err(RecordError::NewerVersion { found: version });
     }
+    let reserved = u32_at(b, 12);
+    if reserved != 0 {
+        return Err(RecordError::Implausible {
+            field: "reserved preamble word",
+            value: reserved.into(),
+            limit: 0,
+        });
+    }
     Ok(version)
 }
 
