@@ -261,6 +261,16 @@ pub fn write_listing_table(rows: &[TraceListing], out: &mut dyn Write) -> io::Re
     Ok(())
 }
 
+/// Writes `value` as one pretty-printed JSON document and a newline.
+pub fn write_json<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut dyn Write,
+) -> Result<(), ReportError> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 /// Options of `ttvm dump`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DumpOptions {

@@ -59,7 +59,7 @@ fn truncation_at_every_offset_of_an_incomplete_trace() {
             .zip(&counts)
             .filter(|(e, _)| **e <= len as u64)
             .map(|(_, c)| *c)
-            .last()
+            .next_back()
             .unwrap_or(0);
         assert_eq!(n as u64, whole, "len {len}");
         let err = err.unwrap_or_else(|| panic!("len {len}: no error"));

@@ -1,18 +1,133 @@
-//! `ttvm ls` and `ttvm dump`: owned by the trace-format work (issue 3).
+//! `ttvm ls` and `ttvm dump`: argument parsing and exit codes only; the listing and
+//! formatting live in `ttvm_logs::report`.
+//!
+//! Exit codes of `ttvm dump`: 0 everything requested was printed; 2 the trace ends
+//! early (its recorder did not finish): every readable event was printed, the message
+//! is on stderr; 3 the trace is damaged or cannot be read (newer format, corrupt chunk,
+//! missing files). `ttvm ls` exits 0 (damaged traces are listed with their error).
+//! Other failures (no trace root, unknown trace name) exit 120 through `main`.
 use clap::Args;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use ttvm_logs::report::{self, DumpEnd, DumpOptions};
+use ttvm_logs::{default_trace_root, resolve_trace, ReadError, TraceReader};
 
-/// `ttvm ls [DIR]`
+/// Exit code: the trace ends early (recorder did not finish).
+pub const EXIT_ENDS_EARLY: i32 = 2;
+/// Exit code: the trace is damaged or unreadable.
+pub const EXIT_DAMAGED: i32 = 3;
+
+/// `ttvm ls [DIR] [--json]`
 #[derive(Debug, Args)]
-pub struct LsArgs {}
-
-/// `ttvm dump TRACE`
-#[derive(Debug, Args)]
-pub struct DumpArgs {}
-
-pub fn ls(_args: &LsArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("ttvm ls: the trace format is being built")
+pub struct LsArgs {
+    /// Directory holding traces (default: $TTVM_TRACE_DIR or ~/.local/share/ttvm/traces).
+    pub dir: Option<PathBuf>,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn dump(_args: &DumpArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("ttvm dump: the trace format is being built")
+/// `ttvm dump [TRACE] [--from N] [--to M] [--stats] [--json]`
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Trace directory, or a trace name inside the trace root (default: latest-trace).
+    pub trace: Option<PathBuf>,
+    /// First event index to print (0-based).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last event index to print (inclusive).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Print per-kind counts, sizes and chunk figures instead of events.
+    #[arg(long)]
+    pub stats: bool,
+    /// JSON output: one object per line for events, one document for --stats.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output errors on a closed pipe (`ttvm dump | head`) are not failures.
+fn finish_output(result: Result<(), report::ReportError>) -> anyhow::Result<()> {
+    match result {
+        Err(report::ReportError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+pub fn ls(args: &LsArgs) -> anyhow::Result<i32> {
+    let root = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => default_trace_root()?,
+    };
+    if !root.exists() && args.dir.is_none() {
+        eprintln!("no traces yet ({} does not exist)", root.display());
+        if args.json {
+            println!("[]");
+        }
+        return Ok(0);
+    }
+    let rows = report::list_traces(&root)?;
+    let mut out = io::stdout().lock();
+    finish_output((|| {
+        if args.json {
+            report::write_json(&rows, &mut out)?;
+        } else if rows.is_empty() {
+            eprintln!("no traces in {}", root.display());
+        } else {
+            report::write_listing_table(&rows, &mut out)?;
+        }
+        Ok(out.flush()?)
+    })())?;
+    Ok(0)
+}
+
+fn exit_code(err: &ReadError) -> i32 {
+    if err.ends_early().is_some() {
+        EXIT_ENDS_EARLY
+    } else {
+        EXIT_DAMAGED
+    }
+}
+
+pub fn dump(args: &DumpArgs) -> anyhow::Result<i32> {
+    let root = default_trace_root();
+    let dir = match (&args.trace, root) {
+        (Some(path), _) if path.exists() => path.clone(),
+        (given, root) => resolve_trace(&root?, given.as_deref())?,
+    };
+    let mut reader = match TraceReader::open(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ttvm dump: {}: {e}", dir.display());
+            return Ok(EXIT_DAMAGED);
+        }
+    };
+    let opts = DumpOptions {
+        from: args.from,
+        to: args.to,
+        json: args.json,
+    };
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut error = None;
+    finish_output((|| {
+        if args.stats {
+            let (stats, err) = report::compute_stats(&mut reader, &opts);
+            error = err;
+            if args.json {
+                report::write_json(&stats, &mut out)?;
+            } else {
+                report::write_stats(&stats, &mut out)?;
+            }
+        } else if let DumpEnd::Error(e) = report::dump_events(&mut reader, &opts, &mut out)? {
+            error = Some(e);
+        }
+        Ok(out.flush()?)
+    })())?;
+    Ok(match error {
+        None => 0,
+        Some(e) => {
+            eprintln!("ttvm dump: {e}");
+            exit_code(&e)
+        }
+    })
 }
