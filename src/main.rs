@@ -20,6 +20,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Boot a PVH guest and run it under KVM (nothing is recorded).
     Run(commands::run::RunArgs),
+    /// Record a guest's execution into a trace (single-step clock).
+    Record(commands::record::RecordArgs),
+    /// Replay a trace exactly (default: the latest).
+    Replay(commands::replay::ReplayArgs),
     /// List recorded traces.
     Ls(commands::trace::LsArgs),
     /// Print the events of a trace.
@@ -32,6 +36,8 @@ fn main() {
     let result = match &cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Demo(args) => commands::demo::demo(args),
+        Command::Record(args) => commands::record::run(args),
+        Command::Replay(args) => commands::replay::run(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),
     };

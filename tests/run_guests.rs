@@ -107,7 +107,7 @@ fn entropy_prints_its_readings() {
         assert_eq!(lines[0], "entropy: reading nondeterministic inputs");
         assert!(lines[1].starts_with("tsc: 0x"), "{text}");
         assert!(lines[2].starts_with("rdrand: "), "{text}");
-        let year = std::str::from_utf8(&lines[3].as_bytes()[5..9]).unwrap();
+        let year = &lines[3][5..9];
         assert!(
             lines[3].starts_with("rtc: 20") && year.parse::<u32>().unwrap() >= 2025,
             "{text}"

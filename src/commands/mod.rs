@@ -1,5 +1,8 @@
 //! One module per subcommand: each parses nothing itself (clap did), calls a library and
 //! returns the process exit code.
 pub mod demo;
+pub mod interrupt;
+pub mod record;
+pub mod replay;
 pub mod run;
 pub mod trace;

@@ -18,6 +18,10 @@ pub mod exit_code {
     pub const RESET: i32 = 123;
     /// KVM could not run or emulate a guest instruction.
     pub const EMULATION_ERROR: i32 = 124;
+    /// Replay: the trace ends before the recorded run did (the recorder was killed).
+    pub const TRACE_ENDS_EARLY: i32 = 119;
+    /// Replay: the guest did something other than what was recorded.
+    pub const DIVERGENCE: i32 = 125;
     /// The run was stopped by the user (Ctrl-C) before the guest ended.
     pub const INTERRUPTED: i32 = 130;
 }

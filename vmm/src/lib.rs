@@ -12,6 +12,7 @@ pub mod devices;
 pub mod digest;
 pub mod elf_image;
 pub mod end;
+pub mod host_kvm;
 pub mod inputs;
 pub mod kick;
 pub mod kvm_host;

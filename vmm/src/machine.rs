@@ -33,6 +33,9 @@ pub struct MachineConfig {
     pub mem_bytes: u64,
     pub cmdline: String,
     pub kvm_device: PathBuf,
+    /// The guest's CPUID table; None derives it from this host (see `cpuid`). Replay passes
+    /// the recorded one so the guest sees the same CPU.
+    pub cpuid: Option<Vec<CpuidEntry>>,
 }
 
 impl Default for MachineConfig {
@@ -41,6 +44,7 @@ impl Default for MachineConfig {
             mem_bytes: memory::DEFAULT_MEM,
             cmdline: String::new(),
             kvm_device: kvm_host::kvm_device_path(),
+            cpuid: None,
         }
     }
 }
@@ -202,6 +206,8 @@ pub struct Machine {
     pub(crate) boot_wall_clock_ns: u64,
     /// Guest time of the device accesses being handled.
     pub(crate) now_ns: u64,
+    /// Current position of the stepped run (steps since boot).
+    pub(crate) position: u64,
     pub(crate) pending_end: Option<RunEnd>,
     pub(crate) stats: RunStats,
 }
@@ -231,7 +237,10 @@ impl Machine {
         boot::load_image(&mem, image, &elf)?;
         boot::write_boot_info(&mem, config.mem_bytes, &config.cmdline)?;
 
-        let cpuid = cpuid::host_template(&kvm)?;
+        let cpuid = match &config.cpuid {
+            Some(table) => table.clone(),
+            None => cpuid::host_template(&kvm)?,
+        };
         let vcpu = Vcpu::new(vm.create_vcpu(0).map_err(MachineError::CreateVcpu)?);
         vcpu.fd()
             .set_cpuid2(&cpuid::to_kvm(&cpuid)?)
@@ -260,9 +269,20 @@ impl Machine {
             config,
             boot_wall_clock_ns: 0,
             now_ns: 0,
+            position: 0,
             pending_end: None,
             stats: RunStats::default(),
         })
+    }
+
+    /// Steps since boot of the stepped run (0 before it starts).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Guest time (ns since boot) as of the current position.
+    pub fn guest_ns(&self) -> u64 {
+        self.now_ns
     }
 
     pub fn config(&self) -> &MachineConfig {

@@ -163,6 +163,8 @@ impl StepClock {
 struct LoopState {
     clock: StepClock,
     halted: bool,
+    /// The position at which guest time last skipped ahead while halted.
+    skipped_at: Option<Position>,
     /// Interrupt readiness known without a KVM exit (after emulation), else None.
     ready_override: Option<bool>,
     emulated: u64,
@@ -192,6 +194,7 @@ impl Machine {
                 ..StepClock::default()
             },
             halted: false,
+            skipped_at: None,
             ready_override: Some(regs.rflags & RFLAGS_IF != 0),
             emulated: 0,
             tsc_base: facts.tsc_base,
@@ -199,6 +202,7 @@ impl Machine {
         let mut last_snapshot = None;
         let (end, stop) = loop {
             let pos = st.clock.pos;
+            self.position = pos;
             self.now_ns = st.clock.now_ns();
             if let Some(stop) = driver.boundary(pos, self).map_err(SteppedError::Driver)? {
                 break (None, Some(stop));
@@ -209,9 +213,34 @@ impl Machine {
                     .snapshot(pos, &RegSnapshot::from_regs(&regs))
                     .map_err(SteppedError::Driver)?;
             }
-            let delivered = self.stepped_inputs(driver, pos)?;
+            // Serial input may arrive at a position only before guest time skipped there,
+            // so record and replay agree on the order of the two.
+            let may_receive = st.skipped_at != Some(pos);
+            let delivered = self.stepped_inputs(driver, pos, may_receive)?;
             if let Some(end) = self.take_pending_end()? {
                 break (Some(end), None);
+            }
+            if st.halted {
+                if regs.rflags & RFLAGS_IF == 0 {
+                    break (Some(halted_end(&regs, false)), None);
+                }
+                if !delivered && !self.devices.pic.has_pending() {
+                    match self.devices.pit.next_deadline_ns() {
+                        Some(deadline) => {
+                            st.clock.skip_to(deadline);
+                            st.skipped_at = Some(pos);
+                            self.now_ns = st.clock.now_ns();
+                            self.poll_timers();
+                        }
+                        None if self.devices.serial.is_hung_up() => {
+                            break (Some(halted_end(&regs, true)), None);
+                        }
+                        None => {
+                            driver.wait_for_input(pos).map_err(SteppedError::Driver)?;
+                            continue;
+                        }
+                    }
+                }
             }
             let pending = self.devices.pic.has_pending();
             let ready = match (st.halted, st.ready_override) {
@@ -228,20 +257,8 @@ impl Machine {
                 self.stats.interrupts_injected += 1;
                 driver.injected(pos, vector).map_err(SteppedError::Driver)?;
                 st.halted = false;
-            } else if st.halted {
-                if regs.rflags & RFLAGS_IF == 0 {
-                    break (Some(halted_end(&regs, false)), None);
-                }
-                if delivered {
-                    continue;
-                }
-                match self.devices.pit.next_deadline_ns() {
-                    Some(deadline) => st.clock.skip_to(deadline),
-                    None if self.devices.serial.is_hung_up() => {
-                        break (Some(halted_end(&regs, true)), None);
-                    }
-                    None => driver.wait_for_input(pos).map_err(SteppedError::Driver)?,
-                }
+            }
+            if st.halted {
                 continue;
             }
             // Decode the next instruction: emulate it, or let KVM step it.
@@ -261,6 +278,7 @@ impl Machine {
                 }
             }
         };
+        self.position = st.clock.pos;
         let final_regs = RegSnapshot::from_regs(&regs);
         if let Some(end) = &end {
             driver
@@ -287,16 +305,25 @@ impl Machine {
         Ok(self.pending_end.take())
     }
 
-    /// Serial input and timers at the current position. Returns whether input arrived.
+    /// Timer interrupts due at the current guest time.
+    fn poll_timers(&mut self) {
+        let mut ctx = DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
+        self.devices.pit.poll(&mut ctx);
+        self.apply(ctx, |_| 0);
+    }
+
+    /// Serial input (if `may_receive`) and timers at the current position. Returns whether
+    /// input arrived.
     fn stepped_inputs<D: StepDriver>(
         &mut self,
         driver: &mut D,
         pos: Position,
+        may_receive: bool,
     ) -> Result<bool, SteppedError<D::Error>> {
         let mut ctx = DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
         let mut delivered = false;
         let serial = &mut self.devices.serial;
-        if !serial.is_hung_up() {
+        if may_receive && !serial.is_hung_up() {
             match driver
                 .serial(pos, serial.rx_room())
                 .map_err(SteppedError::Driver)?

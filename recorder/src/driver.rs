@@ -1,0 +1,168 @@
+//! The recording driver: the live host answers, and every answer is logged at its position.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ttvm_logs::{Event, EventRecord, TraceWriter, WriteError};
+use ttvm_vmm::digest::RegSnapshot;
+use ttvm_vmm::live::LiveDriver;
+use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop};
+use ttvm_vmm::{Machine, RunEnd, SerialPoll};
+
+use crate::convert::end_reason;
+
+/// How often (in steps) the driver looks at the wall clock for flushing and progress.
+const TICK_STEPS: u64 = 1 << 14;
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+pub struct RecordingDriver<'w> {
+    live: LiveDriver,
+    facts: BootFacts,
+    writer: &'w mut TraceWriter,
+    stop: Arc<AtomicBool>,
+    progress: bool,
+    started: Instant,
+    last_progress: Instant,
+    /// Recording error met inside a callback that cannot fail the guest (kept for the end).
+    pub(crate) steps_at_last_tick: u64,
+}
+
+impl<'w> RecordingDriver<'w> {
+    pub fn new(
+        live: LiveDriver,
+        facts: BootFacts,
+        writer: &'w mut TraceWriter,
+        stop: Arc<AtomicBool>,
+        progress: bool,
+    ) -> Self {
+        let now = Instant::now();
+        RecordingDriver {
+            live,
+            facts,
+            writer,
+            stop,
+            progress,
+            started: now,
+            last_progress: now,
+            steps_at_last_tick: 0,
+        }
+    }
+
+    fn log(&mut self, position: Position, event: Event) -> Result<(), WriteError> {
+        self.writer.push(EventRecord { position, event })
+    }
+
+    fn report_progress(&mut self, pos: Position) {
+        let now = Instant::now();
+        if !self.progress || now.duration_since(self.last_progress) < PROGRESS_EVERY {
+            return;
+        }
+        self.last_progress = now;
+        let secs = now.duration_since(self.started).as_secs_f64();
+        let _ = writeln!(
+            std::io::stderr(),
+            "ttvm: recording: step {pos}, {} events, {:.0} steps/s",
+            self.writer.event_count(),
+            pos as f64 / secs.max(1e-9)
+        );
+    }
+}
+
+impl StepDriver for RecordingDriver<'_> {
+    type Error = WriteError;
+
+    fn boot(&mut self) -> Result<BootFacts, WriteError> {
+        Ok(self.facts)
+    }
+
+    fn boundary(&mut self, pos: Position, _m: &Machine) -> Result<Option<Stop>, WriteError> {
+        if pos.wrapping_sub(self.steps_at_last_tick) >= TICK_STEPS {
+            self.steps_at_last_tick = pos;
+            self.writer.tick()?;
+            self.report_progress(pos);
+        }
+        Ok(self
+            .stop
+            .load(Ordering::Relaxed)
+            .then_some(Stop::Interrupted))
+    }
+
+    fn serial(&mut self, pos: Position, room: usize) -> Result<SerialPoll, WriteError> {
+        let Ok(poll) = self.live.serial(pos, room);
+        match &poll {
+            SerialPoll::Bytes(bytes) => self.log(
+                pos,
+                Event::SerialInput {
+                    bytes: bytes.clone(),
+                },
+            )?,
+            SerialPoll::Ended => self.log(pos, Event::SerialHangup)?,
+            SerialPoll::Nothing => {}
+        }
+        Ok(poll)
+    }
+
+    fn inject_now(
+        &mut self,
+        pos: Position,
+        pending: bool,
+        ready: bool,
+    ) -> Result<bool, WriteError> {
+        let Ok(now) = self.live.inject_now(pos, pending, ready);
+        Ok(now)
+    }
+
+    fn injected(&mut self, pos: Position, vector: u8) -> Result<(), WriteError> {
+        self.log(pos, Event::Interrupt { vector })
+    }
+
+    fn host_value(
+        &mut self,
+        pos: Position,
+        kind: HostValueKind,
+        virtual_value: u64,
+    ) -> Result<(u64, bool), WriteError> {
+        let Ok((value, ok)) = self.live.host_value(pos, kind, virtual_value);
+        let event = match kind {
+            HostValueKind::Rdtsc => Event::Rdtsc { value },
+            HostValueKind::Rdtscp => Event::Rdtscp { value, aux: 0 },
+            HostValueKind::Rdrand => Event::Rdrand { value, ok },
+            HostValueKind::Rdseed => Event::Rdseed { value, ok },
+        };
+        self.log(pos, event)?;
+        Ok((value, ok))
+    }
+
+    fn snapshot(&mut self, pos: Position, regs: &RegSnapshot) -> Result<(), WriteError> {
+        self.log(
+            pos,
+            Event::StateDigest {
+                digest: regs.digest(pos),
+            },
+        )
+    }
+
+    fn wait_for_input(&mut self, pos: Position) -> Result<(), WriteError> {
+        // Nothing else will happen until input arrives: make everything so far durable.
+        self.writer.flush()?;
+        let Ok(()) = self.live.wait_for_input(pos);
+        Ok(())
+    }
+
+    fn end(&mut self, pos: Position, end: &RunEnd, regs: &RegSnapshot) -> Result<(), WriteError> {
+        self.log(
+            pos,
+            Event::StateDigest {
+                digest: regs.digest(pos),
+            },
+        )?;
+        self.log(
+            pos,
+            Event::End {
+                reason: end_reason(end),
+            },
+        )
+    }
+}

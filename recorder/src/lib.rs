@@ -1,0 +1,154 @@
+//! `ttvm-recorder`: runs the machine under the single-step clock against the real world
+//! and writes a trace: every nondeterministic input with the exact position it arrived at.
+
+pub mod convert;
+pub mod driver;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ttvm_logs::{
+    CloseInfo, EndReason, Event, EventRecord, HostInfo, LocationError,
+    MachineConfig as TraceMachine, TraceLocation, TraceMeta, TraceWriter, WriteError,
+};
+use ttvm_vmm::devices::serial::SerialOutput;
+use ttvm_vmm::live::LiveDriver;
+use ttvm_vmm::stepping::{StepDriver, SteppedError, TimeConfig};
+use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd, SerialSource};
+
+use crate::driver::RecordingDriver;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    #[error("writing the trace failed: {0}")]
+    Write(#[from] WriteError),
+}
+
+/// What to record.
+pub struct RecordOptions {
+    pub machine: MachineConfig,
+    pub time: TimeConfig,
+    /// Name of the guest (trace directory `<name>-<n>`).
+    pub guest_name: String,
+    /// File name of the guest image, for the header.
+    pub image_name: String,
+    pub location: TraceLocation,
+    /// Print progress lines on stderr during long recordings.
+    pub progress: bool,
+}
+
+/// A finished recording.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub trace_dir: PathBuf,
+    /// How the guest ended (None: stopped by the user).
+    pub end: Option<RunEnd>,
+    pub steps: u64,
+    pub events: u64,
+    pub duration: Duration,
+}
+
+impl Recording {
+    pub fn exit_code(&self) -> i32 {
+        self.end
+            .as_ref()
+            .map_or(ttvm_vmm::exit_code::INTERRUPTED, RunEnd::exit_code)
+    }
+}
+
+/// Records `image` to a new trace. `stop` ends the recording cleanly when set (Ctrl-C).
+pub fn record(
+    opts: RecordOptions,
+    image: &[u8],
+    serial_out: SerialOutput,
+    serial_in: SerialSource,
+    stop: Arc<AtomicBool>,
+) -> Result<Recording, RecordError> {
+    // Build the machine first: bad input fails before a trace directory is created.
+    let mut machine = Machine::new(opts.machine.clone(), image, serial_out)?;
+    let mut live = LiveDriver::new(serial_in);
+    let Ok(facts) = live.boot();
+    let kvm_module = host_kvm::kvm_module();
+    let meta = TraceMeta {
+        guest_name: opts.guest_name.clone(),
+        ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
+        machine: TraceMachine {
+            mem_bytes: opts.machine.mem_bytes,
+            cmdline: opts.machine.cmdline.clone(),
+            cpuid: convert::trace_cpuid(machine.cpuid()),
+        },
+        clock: convert::singlestep_clock(opts.time, facts, &kvm_module),
+        host: HostInfo::detect(),
+        guest_image_name: opts.image_name.clone(),
+    };
+    let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
+    let trace_dir = writer.dir().to_path_buf();
+    let outcome = {
+        let mut driver = RecordingDriver::new(live, facts, &mut writer, stop, opts.progress);
+        machine.run_stepped(&mut driver, opts.time)
+    };
+    let report = match outcome {
+        Ok(report) => report,
+        Err(SteppedError::Driver(e)) => return Err(e.into()),
+        Err(SteppedError::Machine(e)) => {
+            // A VMM failure is still an end worth keeping: close the trace with it.
+            let message = e.to_string();
+            let position = machine.position();
+            writer.push(EventRecord {
+                position,
+                event: Event::End {
+                    reason: EndReason::VmmError {
+                        message: message.clone(),
+                    },
+                },
+            })?;
+            writer.finish(CloseInfo {
+                end_reason: EndReason::VmmError { message },
+                final_position: position,
+                duration: Duration::ZERO,
+                counters: BTreeMap::new(),
+            })?;
+            return Err(e.into());
+        }
+    };
+    let end_reason = match &report.end {
+        Some(end) => convert::end_reason(end),
+        None => {
+            let reason = EndReason::Interrupted;
+            writer.push(EventRecord {
+                position: report.position,
+                event: Event::End {
+                    reason: reason.clone(),
+                },
+            })?;
+            reason
+        }
+    };
+    let stats = machine.stats();
+    let mut counters = BTreeMap::new();
+    counters.insert("steps".to_string(), report.position);
+    counters.insert("emulated_instructions".to_string(), report.emulated);
+    counters.insert("interrupts_injected".to_string(), stats.interrupts_injected);
+    counters.insert("pio_exits".to_string(), stats.pio_exits);
+    counters.insert("guest_ns".to_string(), report.guest_ns);
+    let summary = writer.finish(CloseInfo {
+        end_reason,
+        final_position: report.position,
+        duration: report.duration,
+        counters,
+    })?;
+    Ok(Recording {
+        trace_dir,
+        end: report.end,
+        steps: report.position,
+        events: summary.event_count,
+        duration: report.duration,
+    })
+}

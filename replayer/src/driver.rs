@@ -1,0 +1,353 @@
+//! The replay driver: every question the machine asks is answered from the trace, and
+//! every answer must match what the machine is doing, else the replay has diverged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ttvm_logs::{EndReason, Event, EventRecord, ReadError, TraceReader};
+use ttvm_vmm::digest::RegSnapshot;
+use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop};
+use ttvm_vmm::{Machine, RunEnd, SerialPoll};
+
+use crate::divergence::Divergence;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Divergence(Box<Divergence>),
+    #[error("reading the trace failed: {0}")]
+    Read(#[from] ReadError),
+    /// The trace ends (recorder killed) where the machine needs more of it.
+    #[error("trace ends early after event {after_event}: recorder did not finish")]
+    EndsEarly { after_event: u64 },
+}
+
+/// Why the driver stopped the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// The trace's events are exhausted and the recorder did not finish.
+    EndsEarly { after_event: u64 },
+    /// The recording was stopped by its user here.
+    RecordingInterrupted,
+    /// Our own user stopped the replay.
+    UserStop,
+    /// The driver reached its target position.
+    Target,
+}
+
+pub struct ReplayDriver {
+    reader: TraceReader,
+    facts: BootFacts,
+    /// The next unconsumed event and its index.
+    next: Option<(u64, EventRecord)>,
+    ends_early: Option<u64>,
+    consumed: u64,
+    injecting: Option<(u64, u8)>,
+    stop: Arc<AtomicBool>,
+    target: Option<Position>,
+    pub stop_cause: Option<StopCause>,
+    last_regs: Option<RegSnapshot>,
+}
+
+impl ReplayDriver {
+    pub fn new(
+        reader: TraceReader,
+        facts: BootFacts,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, DriverError> {
+        let mut d = ReplayDriver {
+            reader,
+            facts,
+            next: None,
+            ends_early: None,
+            consumed: 0,
+            injecting: None,
+            stop,
+            target: None,
+            stop_cause: None,
+            last_regs: None,
+        };
+        d.fetch()?;
+        Ok(d)
+    }
+
+    /// Stop when the machine reaches `pos` (before anything happens there).
+    pub fn set_target(&mut self, pos: Option<Position>) {
+        self.target = pos;
+    }
+
+    pub fn events_consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    fn fetch(&mut self) -> Result<(), DriverError> {
+        let index = self.reader.next_index();
+        self.next = match self.reader.next_event() {
+            Some(Ok(rec)) => Some((index, rec)),
+            Some(Err(e)) => match e.ends_early() {
+                Some(n) => {
+                    self.ends_early = Some(n);
+                    None
+                }
+                None => return Err(e.into()),
+            },
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The next event if it is at `pos`.
+    fn at(&self, pos: Position) -> Option<&Event> {
+        match &self.next {
+            Some((_, rec)) if rec.position == pos => Some(&rec.event),
+            _ => None,
+        }
+    }
+
+    fn consume(&mut self) -> Result<(u64, EventRecord), DriverError> {
+        let taken = self.next.take();
+        self.fetch()?;
+        self.consumed += 1;
+        taken.ok_or(DriverError::EndsEarly {
+            after_event: self.ends_early.unwrap_or(self.consumed),
+        })
+    }
+
+    fn describe_next(&self) -> String {
+        match &self.next {
+            Some((i, rec)) => format!("event #{i} at position {}: {:?}", rec.position, rec.event),
+            None => match self.ends_early {
+                Some(n) => format!("nothing: the trace ends early after event {n}"),
+                None => "nothing: the trace has no more events".to_string(),
+            },
+        }
+    }
+
+    fn diverge(&self, pos: Position, expected: String, actual: String) -> DriverError {
+        DriverError::Divergence(Box::new(Divergence {
+            event_index: self.next.as_ref().map(|(i, _)| *i),
+            position: pos,
+            expected,
+            actual,
+            registers: self.last_regs,
+            register_diff: Vec::new(),
+        }))
+    }
+
+    fn expect_value(
+        &mut self,
+        pos: Position,
+        kind: HostValueKind,
+    ) -> Result<(u64, bool), DriverError> {
+        let value = match (kind, self.at(pos)) {
+            (HostValueKind::Rdtsc, Some(Event::Rdtsc { value })) => (*value, true),
+            (HostValueKind::Rdtscp, Some(Event::Rdtscp { value, .. })) => (*value, true),
+            (HostValueKind::Rdrand, Some(Event::Rdrand { value, ok })) => (*value, *ok),
+            (HostValueKind::Rdseed, Some(Event::Rdseed { value, ok })) => (*value, *ok),
+            _ => {
+                return Err(self.diverge(
+                    pos,
+                    self.describe_next(),
+                    format!("the guest executed {kind:?} at position {pos}"),
+                ))
+            }
+        };
+        self.consume()?;
+        Ok(value)
+    }
+}
+
+fn same_end(recorded: &EndReason, actual: &RunEnd) -> bool {
+    ttvm_logs_end(actual) == *recorded
+}
+
+/// The trace's form of a machine end.
+pub fn ttvm_logs_end(end: &RunEnd) -> EndReason {
+    match end {
+        RunEnd::GuestExit { status } => EndReason::GuestExit { status: *status },
+        RunEnd::TripleFault { rip } => EndReason::TripleFault { rip: *rip },
+        RunEnd::HaltedForGood { rip, .. } => EndReason::HaltedForGood { rip: *rip },
+        RunEnd::Reset { .. } => EndReason::Reset,
+        RunEnd::EmulationError { rip, detail, .. } => EndReason::EmulationError {
+            rip: *rip,
+            detail: detail.clone(),
+        },
+    }
+}
+
+impl StepDriver for ReplayDriver {
+    type Error = DriverError;
+
+    fn boot(&mut self) -> Result<BootFacts, DriverError> {
+        Ok(self.facts)
+    }
+
+    fn boundary(&mut self, pos: Position, _m: &Machine) -> Result<Option<Stop>, DriverError> {
+        if self.stop.load(Ordering::Relaxed) {
+            self.stop_cause = Some(StopCause::UserStop);
+            return Ok(Some(Stop::Interrupted));
+        }
+        if self.target == Some(pos) {
+            self.stop_cause = Some(StopCause::Target);
+            return Ok(Some(Stop::Reached));
+        }
+        match &self.next {
+            Some((_, rec)) if rec.position < pos => Err(self.diverge(
+                pos,
+                self.describe_next(),
+                format!("the replay reached position {pos} without that event happening"),
+            )),
+            Some((_, rec))
+                if rec.position == pos
+                    && matches!(
+                        rec.event,
+                        Event::End {
+                            reason: EndReason::Interrupted
+                        }
+                    ) =>
+            {
+                self.consume()?;
+                self.stop_cause = Some(StopCause::RecordingInterrupted);
+                Ok(Some(Stop::Reached))
+            }
+            None => match self.ends_early {
+                Some(after_event) => {
+                    self.stop_cause = Some(StopCause::EndsEarly { after_event });
+                    Ok(Some(Stop::Reached))
+                }
+                None => Err(self.diverge(
+                    pos,
+                    "the run to have ended (the trace has no more events)".to_string(),
+                    format!("the guest is still running at position {pos}"),
+                )),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    fn serial(&mut self, pos: Position, room: usize) -> Result<SerialPoll, DriverError> {
+        match self.at(pos) {
+            Some(Event::SerialInput { bytes }) if bytes.len() <= room => {
+                let bytes = bytes.clone();
+                self.consume()?;
+                Ok(SerialPoll::Bytes(bytes))
+            }
+            Some(Event::SerialInput { bytes }) => {
+                let n = bytes.len();
+                Err(self.diverge(
+                    pos,
+                    self.describe_next(),
+                    format!("the UART has room for {room} bytes, not {n}"),
+                ))
+            }
+            Some(Event::SerialHangup) => {
+                self.consume()?;
+                Ok(SerialPoll::Ended)
+            }
+            _ => Ok(SerialPoll::Nothing),
+        }
+    }
+
+    fn inject_now(
+        &mut self,
+        pos: Position,
+        pending: bool,
+        ready: bool,
+    ) -> Result<bool, DriverError> {
+        let Some(&Event::Interrupt { vector }) = self.at(pos) else {
+            return Ok(false);
+        };
+        if !pending || !ready {
+            let why = if !pending {
+                "no interrupt is pending in the interrupt controllers"
+            } else {
+                "the guest cannot accept an interrupt (IF clear or interrupt shadow)"
+            };
+            return Err(self.diverge(
+                pos,
+                self.describe_next(),
+                format!("at position {pos} {why}"),
+            ));
+        }
+        let (index, _) = self.consume()?;
+        self.injecting = Some((index, vector));
+        Ok(true)
+    }
+
+    fn injected(&mut self, pos: Position, vector: u8) -> Result<(), DriverError> {
+        match self.injecting.take() {
+            Some((_, recorded)) if recorded == vector => Ok(()),
+            Some((index, recorded)) => Err(DriverError::Divergence(Box::new(Divergence {
+                event_index: Some(index),
+                position: pos,
+                expected: format!("interrupt vector {recorded:#x}"),
+                actual: format!("the interrupt controllers delivered vector {vector:#x}"),
+                registers: self.last_regs,
+                register_diff: Vec::new(),
+            }))),
+            None => Err(self.diverge(
+                pos,
+                self.describe_next(),
+                format!("an interrupt {vector:#x} was injected"),
+            )),
+        }
+    }
+
+    fn host_value(
+        &mut self,
+        pos: Position,
+        kind: HostValueKind,
+        _virtual: u64,
+    ) -> Result<(u64, bool), DriverError> {
+        self.expect_value(pos, kind)
+    }
+
+    fn snapshot(&mut self, pos: Position, regs: &RegSnapshot) -> Result<(), DriverError> {
+        self.last_regs = Some(*regs);
+        if let Some(&Event::StateDigest { digest }) = self.at(pos) {
+            let actual = regs.digest(pos);
+            if digest != actual {
+                return Err(self.diverge(
+                    pos,
+                    format!("state digest {digest:#018x}"),
+                    format!("state digest {actual:#018x}"),
+                ));
+            }
+            self.consume()?;
+        }
+        Ok(())
+    }
+
+    fn wait_for_input(&mut self, pos: Position) -> Result<(), DriverError> {
+        if self.next.is_none() {
+            if let Some(after_event) = self.ends_early {
+                return Err(DriverError::EndsEarly { after_event });
+            }
+        }
+        Err(self.diverge(
+            pos,
+            self.describe_next(),
+            format!(
+                "the guest is halted at position {pos} waiting for input the trace does not give"
+            ),
+        ))
+    }
+
+    fn end(&mut self, pos: Position, end: &RunEnd, regs: &RegSnapshot) -> Result<(), DriverError> {
+        self.last_regs = Some(*regs);
+        if let Some(&Event::StateDigest { .. }) = self.at(pos) {
+            self.snapshot(pos, regs)?;
+        }
+        match self.at(pos) {
+            Some(Event::End { reason }) if same_end(reason, end) => {
+                self.consume()?;
+                Ok(())
+            }
+            _ => Err(self.diverge(
+                pos,
+                self.describe_next(),
+                format!("the run ended at position {pos}: {end}"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `ttvm-replayer`: re-runs a recorded trace on the same machine code, injecting every
+//! recorded input at exactly its position, and reports the first divergence.
+
+pub mod divergence;
+pub mod driver;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use ttvm_logs::{ReadError, TraceHeader, TraceReader};
+use ttvm_vmm::cpuid::CpuidEntry;
+use ttvm_vmm::devices::serial::SerialOutput;
+use ttvm_vmm::stepping::{BootFacts, Position, SteppedError, TimeConfig};
+use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd};
+
+pub use divergence::Divergence;
+use driver::{DriverError, ReplayDriver, StopCause};
+
+/// Clock parameters in trace headers (written by the recorder).
+pub mod clock_params {
+    pub const SINGLESTEP_CLOCK: &str = "singlestep";
+    pub const NS_PER_STEP: &str = "ns_per_step";
+    pub const TSC_BASE: &str = "tsc_base";
+    pub const WALL_CLOCK: &str = "boot_wall_clock_ns";
+    pub const KVM_MODULE: &str = "kvm_module";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot open the trace: {0}")]
+    Open(#[from] ReadError),
+    #[error("cannot replay this trace: {0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("{0}")]
+    Divergence(Box<Divergence>),
+    #[error("reading the trace failed during replay: {0}")]
+    Read(ReadError),
+}
+
+impl ReplayError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReplayError::Divergence(_) => ttvm_vmm::exit_code::DIVERGENCE,
+            _ => ttvm_vmm::exit_code::VMM_ERROR,
+        }
+    }
+}
+
+/// How a replay ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReplayResult {
+    /// The guest ended exactly as recorded.
+    Reproduced { end: String, exit_code: i32 },
+    /// The trace ends before the recorded run did; everything up to it replayed.
+    EndsEarly { after_event: u64 },
+    /// The recording was stopped by its user at this point, and so is the replay.
+    RecordingInterrupted,
+    /// The replay was stopped by its user, or reached its target.
+    Stopped,
+}
+
+/// A finished replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replay {
+    #[serde(flatten)]
+    pub result: ReplayResult,
+    pub trace: PathBuf,
+    pub position: Position,
+    pub events: u64,
+    pub final_digest: String,
+    pub seconds: f64,
+    #[serde(skip)]
+    pub end: Option<RunEnd>,
+}
+
+impl Replay {
+    /// The process exit code: the guest's own for a reproduced run.
+    pub fn exit_code(&self) -> i32 {
+        match &self.result {
+            ReplayResult::Reproduced { exit_code, .. } => *exit_code,
+            ReplayResult::EndsEarly { .. } => ttvm_vmm::exit_code::TRACE_ENDS_EARLY,
+            ReplayResult::RecordingInterrupted | ReplayResult::Stopped => {
+                ttvm_vmm::exit_code::INTERRUPTED
+            }
+        }
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+}
+
+fn param<T: std::str::FromStr>(header: &TraceHeader, key: &str) -> Result<T, ReplayError> {
+    header
+        .clock
+        .params
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            ReplayError::Unsupported(format!(
+                "the trace header lacks a valid clock parameter {key:?}"
+            ))
+        })
+}
+
+/// Checks that this host can reproduce the trace's clock; returns its time settings.
+pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), ReplayError> {
+    use clock_params::*;
+    if header.clock.name != SINGLESTEP_CLOCK {
+        return Err(ReplayError::Unsupported(format!(
+            "it was recorded with the {:?} clock; this ttvm replays {SINGLESTEP_CLOCK:?} traces",
+            header.clock.name
+        )));
+    }
+    let recorded_kvm: String = param(header, KVM_MODULE)?;
+    let here = host_kvm::kvm_module();
+    if recorded_kvm != here {
+        return Err(ReplayError::Unsupported(format!(
+            "it was recorded on {recorded_kvm} and this host runs {here}: single-step positions \
+             differ between KVM implementations (rep-string granularity, interrupt-entry step), \
+             so the replay could not follow the recording"
+        )));
+    }
+    Ok((
+        TimeConfig {
+            ns_per_step: param(header, NS_PER_STEP)?,
+        },
+        BootFacts {
+            wall_clock_ns: param(header, WALL_CLOCK)?,
+            tsc_base: param(header, TSC_BASE)?,
+        },
+    ))
+}
+
+/// Opens `trace` and builds the machine it was recorded on.
+pub fn prepare(
+    trace: &Path,
+    serial_out: SerialOutput,
+) -> Result<(Machine, TraceReader, TimeConfig, BootFacts), ReplayError> {
+    let reader = TraceReader::open(trace)?;
+    let header = reader.header().clone();
+    let (time, facts) = check_clock(&header)?;
+    let image = reader.guest_image()?;
+    let cpuid = header
+        .machine
+        .cpuid
+        .iter()
+        .map(|e| CpuidEntry {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+        .collect();
+    let config = MachineConfig {
+        mem_bytes: header.machine.mem_bytes,
+        cmdline: header.machine.cmdline.clone(),
+        cpuid: Some(cpuid),
+        ..MachineConfig::default()
+    };
+    let machine = Machine::new(config, &image, serial_out)?;
+    Ok((machine, reader, time, facts))
+}
+
+/// Replays `trace` from the start to its end (or `target`), writing the guest's serial
+/// output to `serial_out`.
+pub fn replay(
+    trace: &Path,
+    serial_out: SerialOutput,
+    stop: Arc<AtomicBool>,
+    target: Option<Position>,
+) -> Result<Replay, ReplayError> {
+    let (mut machine, reader, time, facts) = prepare(trace, serial_out)?;
+    let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
+    driver.set_target(target);
+    let report = match machine.run_stepped(&mut driver, time) {
+        Ok(report) => report,
+        Err(SteppedError::Machine(e)) => return Err(e.into()),
+        Err(SteppedError::Driver(DriverError::EndsEarly { after_event })) => {
+            driver.stop_cause = Some(StopCause::EndsEarly { after_event });
+            let position = machine.position();
+            return Ok(Replay {
+                result: ReplayResult::EndsEarly { after_event },
+                trace: trace.to_path_buf(),
+                position,
+                events: driver.events_consumed(),
+                final_digest: String::new(),
+                seconds: 0.0,
+                end: None,
+            });
+        }
+        Err(SteppedError::Driver(e)) => return Err(driver_error(e)),
+    };
+    let result = match (&report.end, driver.stop_cause) {
+        (Some(end), _) => ReplayResult::Reproduced {
+            end: end.to_string(),
+            exit_code: end.exit_code(),
+        },
+        (None, Some(StopCause::EndsEarly { after_event })) => {
+            ReplayResult::EndsEarly { after_event }
+        }
+        (None, Some(StopCause::RecordingInterrupted)) => ReplayResult::RecordingInterrupted,
+        (None, _) => ReplayResult::Stopped,
+    };
+    Ok(Replay {
+        result,
+        trace: trace.to_path_buf(),
+        position: report.position,
+        events: driver.events_consumed(),
+        final_digest: format!("{:#018x}", report.final_regs.digest(report.position)),
+        seconds: report.duration.as_secs_f64(),
+        end: report.end,
+    })
+}
+
+fn driver_error(e: DriverError) -> ReplayError {
+    match e {
+        DriverError::Divergence(d) => ReplayError::Divergence(d),
+        DriverError::Read(r) => ReplayError::Read(r),
+        DriverError::EndsEarly { after_event } => ReplayError::Unsupported(format!(
+            "trace ends early after event {after_event}: recorder did not finish"
+        )),
+    }
+}

@@ -1,0 +1,92 @@
+//! `ttvm record`: run a guest under the single-step clock and write a trace.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::Args;
+use ttvm_logs::TraceLocation;
+use ttvm_recorder::{record, RecordOptions};
+use ttvm_vmm::elf_image::read_image_file;
+use ttvm_vmm::stepping::TimeConfig;
+
+use super::interrupt::stop_flag;
+use super::run::MachineArgs;
+
+/// `ttvm record [OPTIONS] GUEST`
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Write the trace to exactly this directory (created; must be empty if it exists).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    /// Guest nanoseconds per step (virtual time rate).
+    #[arg(long, value_name = "NS", default_value_t = TimeConfig::default().ns_per_step)]
+    pub time_rate: u64,
+    /// Never print progress lines (by default they appear on a terminal's stderr).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The guest: a PVH ELF image.
+    #[arg(value_name = "GUEST")]
+    pub guest: PathBuf,
+}
+
+pub fn run(args: &RecordArgs) -> anyhow::Result<i32> {
+    let image = read_image_file(&args.guest)?;
+    let name = args
+        .guest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "guest".to_string());
+    let image_name = args
+        .guest
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "guest.elf".to_string());
+    record_image(args, &image, &name, &image_name)
+}
+
+/// Records `image` with the options of `args`; returns the exit code.
+pub fn record_image(
+    args: &RecordArgs,
+    image: &[u8],
+    name: &str,
+    image_name: &str,
+) -> anyhow::Result<i32> {
+    let location = match &args.output {
+        Some(dir) => TraceLocation::Exact(dir.clone()),
+        None => TraceLocation::default_root()?,
+    };
+    let opts = RecordOptions {
+        machine: args.machine.machine_config(),
+        time: TimeConfig {
+            ns_per_step: args.time_rate,
+        },
+        guest_name: name.to_string(),
+        image_name: image_name.to_string(),
+        location,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+    };
+    let recording = record(
+        opts,
+        image,
+        args.machine.serial_output()?,
+        args.machine.serial_source()?,
+        stop_flag(),
+    )?;
+    let _ = std::io::stdout().flush();
+    match &recording.end {
+        Some(end) => eprintln!(
+            "ttvm: {end} ({} steps, {} events, {:.2} s)",
+            recording.steps,
+            recording.events,
+            recording.duration.as_secs_f64()
+        ),
+        None => eprintln!(
+            "ttvm: recording stopped by the user at step {} ({} events)",
+            recording.steps, recording.events
+        ),
+    }
+    eprintln!("ttvm: trace: {}", recording.trace_dir.display());
+    Ok(recording.exit_code())
+}

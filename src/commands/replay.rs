@@ -1,0 +1,92 @@
+//! `ttvm replay`: re-run a trace exactly, or check that it replays (`--verify`).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use ttvm_logs::{default_trace_root, resolve_trace};
+use ttvm_replayer::{replay, ReplayError, ReplayResult};
+use ttvm_vmm::devices::serial::SerialOutput;
+
+use super::interrupt::stop_flag;
+
+/// `ttvm replay [TRACE]`
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The trace directory or its name under the trace root [default: the latest trace].
+    #[arg(value_name = "TRACE")]
+    pub trace: Option<PathBuf>,
+    /// Do not show the guest's serial output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Only check that the trace replays exactly: prints a one-line verdict.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the outcome as JSON on stdout (implies --quiet unless --serial-out is given).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the guest's serial output to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub serial_out: Option<PathBuf>,
+}
+
+pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
+    let trace = resolve_trace(&default_trace_root()?, args.trace.as_deref())?;
+    let serial_out: SerialOutput = match &args.serial_out {
+        Some(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create --serial-out {}", path.display()))?,
+        ),
+        None if args.quiet || args.verify || args.json => Box::new(io::sink()),
+        None => Box::new(io::stdout()),
+    };
+    let outcome = replay(&trace, serial_out, stop_flag(), None);
+    let _ = io::stdout().flush();
+    let replay = match outcome {
+        Ok(replay) => replay,
+        Err(ReplayError::Divergence(d)) if args.json => {
+            let value =
+                serde_json::json!({ "result": "divergence", "trace": trace, "divergence": d });
+            println!("{value}");
+            return Ok(ttvm_vmm::exit_code::DIVERGENCE);
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("ttvm: {}: {e}", trace.display());
+            return Ok(code);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&replay)?);
+        return Ok(replay.exit_code());
+    }
+    let what = match &replay.result {
+        ReplayResult::Reproduced { end, .. } => format!("{end} at position {}", replay.position),
+        ReplayResult::EndsEarly { after_event } => format!(
+            "trace ends early after event {after_event}: recorder did not finish (replayed to position {})",
+            replay.position
+        ),
+        ReplayResult::RecordingInterrupted => format!(
+            "the recording was stopped by its user at position {}; replayed to there",
+            replay.position
+        ),
+        ReplayResult::Stopped => format!("replay stopped at position {}", replay.position),
+    };
+    if args.verify {
+        let verdict = match replay.result {
+            ReplayResult::Reproduced { .. } | ReplayResult::RecordingInterrupted => {
+                "replay verified"
+            }
+            _ => "replay incomplete",
+        };
+        println!(
+            "{verdict}: {what}; {} events in {:.2} s",
+            replay.events, replay.seconds
+        );
+    } else {
+        eprintln!("ttvm: replay: {what}");
+    }
+    Ok(replay.exit_code())
+}
