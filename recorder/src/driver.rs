@@ -16,6 +16,8 @@ use crate::convert::end_reason;
 /// How often (in steps) the driver looks at the wall clock for flushing and progress.
 const TICK_STEPS: u64 = 1 << 14;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Longest uninterrupted wait while the guest idles (the trace's flush interval).
+const IDLE_SLICE_NS: u64 = 100_000_000;
 
 pub struct RecordingDriver<'w> {
     live: LiveDriver,
@@ -151,13 +153,37 @@ impl StepDriver for RecordingDriver<'_> {
         Ok(())
     }
 
-    fn end(&mut self, pos: Position, end: &RunEnd, regs: &RegSnapshot) -> Result<(), WriteError> {
-        self.log(
-            pos,
-            Event::StateDigest {
-                digest: regs.digest(pos),
-            },
-        )?;
+    fn idle(
+        &mut self,
+        pos: Position,
+        deadline_ns: u64,
+        can_receive: bool,
+    ) -> Result<bool, WriteError> {
+        // Wait in slices so the trace is still flushed every 100 ms while the guest idles.
+        loop {
+            let slice_end = deadline_ns.min(self.live.host_ns().saturating_add(IDLE_SLICE_NS));
+            let Ok(input) = self.live.idle(pos, slice_end, can_receive);
+            if input {
+                return Ok(true);
+            }
+            if slice_end >= deadline_ns {
+                return Ok(false);
+            }
+            self.writer.tick()?;
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn end(
+        &mut self,
+        pos: Position,
+        end: &RunEnd,
+        _regs: &RegSnapshot,
+        digest: u64,
+    ) -> Result<(), WriteError> {
+        self.log(pos, Event::StateDigest { digest })?;
         self.log(
             pos,
             Event::End {

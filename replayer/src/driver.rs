@@ -333,10 +333,33 @@ impl StepDriver for ReplayDriver {
         ))
     }
 
-    fn end(&mut self, pos: Position, end: &RunEnd, regs: &RegSnapshot) -> Result<(), DriverError> {
+    fn idle(
+        &mut self,
+        _pos: Position,
+        _deadline: u64,
+        _can_receive: bool,
+    ) -> Result<bool, DriverError> {
+        // Input arrives when the trace says; time never waits.
+        Ok(false)
+    }
+
+    fn end(
+        &mut self,
+        pos: Position,
+        end: &RunEnd,
+        regs: &RegSnapshot,
+        digest: u64,
+    ) -> Result<(), DriverError> {
         self.last_regs = Some(*regs);
-        if let Some(&Event::StateDigest { .. }) = self.at(pos) {
-            self.snapshot(pos, regs)?;
+        if let Some(&Event::StateDigest { digest: recorded }) = self.at(pos) {
+            if recorded != digest {
+                return Err(self.diverge(
+                    pos,
+                    format!("final state digest {recorded:#018x} (registers, memory, devices)"),
+                    format!("final state digest {digest:#018x}"),
+                ));
+            }
+            self.consume()?;
         }
         match self.at(pos) {
             Some(Event::End { reason }) if same_end(reason, end) => {

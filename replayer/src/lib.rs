@@ -216,7 +216,7 @@ pub fn replay(
         trace: trace.to_path_buf(),
         position: report.position,
         events: driver.events_consumed(),
-        final_digest: format!("{:#018x}", report.final_regs.digest(report.position)),
+        final_digest: format!("{:#018x}", report.final_digest),
         seconds: report.duration.as_secs_f64(),
         end: report.end,
     })

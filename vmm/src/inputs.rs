@@ -66,6 +66,8 @@ pub struct RealHost {
     start: Instant,
     boot_wall_clock_ns: u64,
     input: Arc<SharedInput>,
+    /// The end of input has been reported by `poll_serial`.
+    ended_seen: bool,
 }
 
 impl RealHost {
@@ -87,6 +89,7 @@ impl RealHost {
             start: Instant::now(),
             boot_wall_clock_ns,
             input,
+            ended_seen: false,
         }
     }
 }
@@ -132,6 +135,25 @@ fn spawn_reader(mut reader: Box<dyn Read + Send>, input: Arc<SharedInput>) {
     }
 }
 
+impl RealHost {
+    /// Waits until host time `deadline_ns` (since start) or until input arrives or ends;
+    /// returns true if input may be available (or the source ended) before the deadline.
+    pub fn wait_until(&mut self, deadline_ns: u64) -> bool {
+        self.wait(Some(deadline_ns));
+        let Ok(q) = self.input.queue.lock() else {
+            return false;
+        };
+        !q.bytes.is_empty() || (q.ended && !self.ended_seen)
+    }
+
+    /// Records that the end of input was handed to the guest.
+    fn note_poll(&mut self, poll: &SerialPoll) {
+        if *poll == SerialPoll::Ended {
+            self.ended_seen = true;
+        }
+    }
+}
+
 impl HostInputs for RealHost {
     fn now_ns(&mut self) -> u64 {
         self.start.elapsed().as_nanos() as u64
@@ -142,18 +164,17 @@ impl HostInputs for RealHost {
     }
 
     fn poll_serial(&mut self, max: usize) -> SerialPoll {
-        let Ok(mut q) = self.input.queue.lock() else {
-            return SerialPoll::Ended;
+        let poll = match self.input.queue.lock() {
+            Err(_) => SerialPoll::Ended,
+            Ok(mut q) if !q.bytes.is_empty() && max > 0 => {
+                let n = q.bytes.len().min(max);
+                SerialPoll::Bytes(q.bytes.drain(..n).collect())
+            }
+            Ok(q) if q.bytes.is_empty() && q.ended => SerialPoll::Ended,
+            Ok(_) => SerialPoll::Nothing,
         };
-        if !q.bytes.is_empty() && max > 0 {
-            let n = q.bytes.len().min(max);
-            return SerialPoll::Bytes(q.bytes.drain(..n).collect());
-        }
-        if q.bytes.is_empty() && q.ended {
-            SerialPoll::Ended
-        } else {
-            SerialPoll::Nothing
-        }
+        self.note_poll(&poll);
+        poll
     }
 
     fn wait(&mut self, deadline_ns: Option<u64>) {

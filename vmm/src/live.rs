@@ -26,6 +26,11 @@ impl LiveDriver {
         }
     }
 
+    /// Host nanoseconds since the machine started (the scale of guest deadlines).
+    pub fn host_ns(&mut self) -> u64 {
+        self.host.now_ns()
+    }
+
     /// A flag that, once set (e.g. by a Ctrl-C handler), stops the run at the next step.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop_requested.clone()
@@ -111,11 +116,31 @@ impl StepDriver for LiveDriver {
         Ok(())
     }
 
+    fn idle(
+        &mut self,
+        _pos: Position,
+        deadline_ns: u64,
+        can_receive: bool,
+    ) -> Result<bool, Infallible> {
+        // Guest time starts with the host's: sleep until the host catches up with the
+        // deadline, or (if the guest could take it) until input arrives.
+        let now = self.host.now_ns();
+        if deadline_ns <= now {
+            return Ok(false);
+        }
+        if !can_receive {
+            std::thread::sleep(std::time::Duration::from_nanos(deadline_ns - now));
+            return Ok(false);
+        }
+        Ok(self.host.wait_until(deadline_ns))
+    }
+
     fn end(
         &mut self,
         _pos: Position,
         _end: &RunEnd,
         _regs: &RegSnapshot,
+        _digest: u64,
     ) -> Result<(), Infallible> {
         Ok(())
     }

@@ -110,8 +110,25 @@ pub trait StepDriver {
     fn snapshot(&mut self, pos: Position, regs: &RegSnapshot) -> Result<(), Self::Error>;
     /// The guest is halted with no timer armed: block until input may have arrived.
     fn wait_for_input(&mut self, pos: Position) -> Result<(), Self::Error>;
-    /// The run ended at `pos`.
-    fn end(&mut self, pos: Position, end: &RunEnd, regs: &RegSnapshot) -> Result<(), Self::Error>;
+    /// The guest is halted until guest time `deadline_ns`. A live driver may wait (guest
+    /// time must not run ahead of host time, so input arrives at sensible guest times);
+    /// returns true if input may have arrived meanwhile, in which case the loop delivers it
+    /// at this position instead of skipping time.
+    /// `can_receive`: whether input arriving now could be handed to the guest.
+    fn idle(
+        &mut self,
+        pos: Position,
+        deadline_ns: u64,
+        can_receive: bool,
+    ) -> Result<bool, Self::Error>;
+    /// The run ended at `pos`; `digest` covers registers, memory and devices.
+    fn end(
+        &mut self,
+        pos: Position,
+        end: &RunEnd,
+        regs: &RegSnapshot,
+        digest: u64,
+    ) -> Result<(), Self::Error>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +147,8 @@ pub struct SteppedReport {
     pub stop: Option<Stop>,
     pub position: Position,
     pub final_regs: RegSnapshot,
+    /// Digest of registers, memory and devices at the end.
+    pub final_digest: u64,
     pub emulated: u64,
     pub duration: Duration,
     pub guest_ns: u64,
@@ -216,25 +235,36 @@ impl Machine {
             // Serial input may arrive at a position only before guest time skipped there,
             // so record and replay agree on the order of the two.
             let may_receive = st.skipped_at != Some(pos);
-            let delivered = self.stepped_inputs(driver, pos, may_receive)?;
+            self.stepped_inputs(driver, pos, may_receive)?;
             if let Some(end) = self.take_pending_end()? {
                 break (Some(end), None);
             }
+            // A halted guest: if nothing is pending, time moves to the next deadline (the
+            // live driver may wait for the host clock or for input first). Input, skip and
+            // injection decision happen in this order within one pass, whatever the number
+            // of passes the live host needs, so record and replay see the same sequence.
             if st.halted {
                 if regs.rflags & RFLAGS_IF == 0 {
                     break (Some(halted_end(&regs, false)), None);
                 }
-                if !delivered && !self.devices.pic.has_pending() {
+                if !self.devices.pic.has_pending() {
+                    let serial = &self.devices.serial;
+                    let can_receive = may_receive && !serial.is_hung_up() && serial.rx_room() > 0;
                     match self.devices.pit.next_deadline_ns() {
                         Some(deadline) => {
+                            if driver
+                                .idle(pos, deadline, can_receive)
+                                .map_err(SteppedError::Driver)?
+                            {
+                                continue;
+                            }
                             st.clock.skip_to(deadline);
                             st.skipped_at = Some(pos);
                             self.now_ns = st.clock.now_ns();
                             self.poll_timers();
                         }
-                        None if self.devices.serial.is_hung_up() => {
-                            break (Some(halted_end(&regs, true)), None);
-                        }
+                        // Nothing can ever wake the guest.
+                        None if !can_receive => break (Some(halted_end(&regs, true)), None),
                         None => {
                             driver.wait_for_input(pos).map_err(SteppedError::Driver)?;
                             continue;
@@ -280,9 +310,10 @@ impl Machine {
         };
         self.position = st.clock.pos;
         let final_regs = RegSnapshot::from_regs(&regs);
+        let final_digest = self.state_digest(&final_regs, st.clock.pos);
         if let Some(end) = &end {
             driver
-                .end(st.clock.pos, end, &final_regs)
+                .end(st.clock.pos, end, &final_regs, final_digest)
                 .map_err(SteppedError::Driver)?;
         }
         Ok(SteppedReport {
@@ -290,10 +321,36 @@ impl Machine {
             stop,
             position: st.clock.pos,
             final_regs,
+            final_digest,
             emulated: st.emulated,
             duration: started.elapsed(),
             guest_ns: st.clock.now_ns(),
         })
+    }
+
+    /// A digest of the whole machine: registers at `pos`, all of RAM, every device.
+    pub fn state_digest(&self, regs: &RegSnapshot, pos: Position) -> u64 {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let mut crc = crc32fast::Hasher::new();
+        for region in self.mem.iter() {
+            let len = region.len() as usize;
+            if let Ok(slice) = region.get_slice(vm_memory::MemoryRegionAddress(0), len) {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut offset = 0;
+                while offset < len {
+                    let n = buf.len().min(len - offset);
+                    if let Ok(sub) = slice.subslice(offset, n) {
+                        sub.copy_to(&mut buf[..n]);
+                        crc.update(&buf[..n]);
+                    }
+                    offset += n;
+                }
+            }
+        }
+        if let Ok(devices) = serde_json::to_vec(&self.devices.state()) {
+            crc.update(&devices);
+        }
+        regs.digest(pos) ^ (u64::from(crc.finalize()) << 32)
     }
 
     fn take_pending_end<E: std::error::Error>(
@@ -312,16 +369,14 @@ impl Machine {
         self.apply(ctx, |_| 0);
     }
 
-    /// Serial input (if `may_receive`) and timers at the current position. Returns whether
-    /// input arrived.
+    /// Serial input (if `may_receive`) and timers at the current position.
     fn stepped_inputs<D: StepDriver>(
         &mut self,
         driver: &mut D,
         pos: Position,
         may_receive: bool,
-    ) -> Result<bool, SteppedError<D::Error>> {
+    ) -> Result<(), SteppedError<D::Error>> {
         let mut ctx = DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
-        let mut delivered = false;
         let serial = &mut self.devices.serial;
         if may_receive && !serial.is_hung_up() {
             match driver
@@ -330,18 +385,14 @@ impl Machine {
             {
                 SerialPoll::Bytes(bytes) => {
                     serial.receive(&bytes, &mut ctx);
-                    delivered = true;
                 }
-                SerialPoll::Ended => {
-                    serial.hang_up();
-                    delivered = true;
-                }
+                SerialPoll::Ended => serial.hang_up(),
                 SerialPoll::Nothing => {}
             }
         }
         self.devices.pit.poll(&mut ctx);
         self.apply(ctx, |_| 0);
-        Ok(delivered)
+        Ok(())
     }
 
     /// The instruction at RIP if the VMM must emulate it, with its length.
