@@ -19,6 +19,8 @@ impl XorShift {
     }
 }
 
+// `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85.
+#[allow(clippy::manual_is_multiple_of)]
 fn timer_heavy_stream(n: usize) -> Vec<EventRecord> {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let mut out = Vec::with_capacity(n);
