@@ -253,8 +253,21 @@ impl StepDriver for ReplayDriver {
         pos: Position,
         pending: bool,
         ready: bool,
+        halted: bool,
     ) -> Result<bool, DriverError> {
         let Some(&Event::Interrupt { vector }) = self.at(pos) else {
+            if halted && pending && ready {
+                // Recording would have injected here; the trace says otherwise, and a
+                // halted guest cannot move on by itself.
+                return Err(self.diverge(
+                    pos,
+                    self.describe_next(),
+                    format!(
+                        "the guest is halted at position {pos} with an interrupt pending that \
+                         it can accept, and the trace injects nothing here"
+                    ),
+                ));
+            }
             return Ok(false);
         };
         if !pending || !ready {

@@ -87,6 +87,7 @@ impl StepDriver for LiveDriver {
         _pos: Position,
         pending: bool,
         ready: bool,
+        _halted: bool,
     ) -> Result<bool, Infallible> {
         Ok(pending && ready)
     }

@@ -89,12 +89,14 @@ pub trait StepDriver {
     fn boundary(&mut self, pos: Position, machine: &Machine) -> Result<Option<Stop>, Self::Error>;
     /// Serial input due at `pos` (at most `room` bytes), or the end of the input.
     fn serial(&mut self, pos: Position, room: usize) -> Result<SerialPoll, Self::Error>;
-    /// Whether the interrupt controller's interrupt is injected at `pos`.
+    /// Whether the interrupt controller's interrupt is injected at `pos`. `halted`: the
+    /// guest waits in HLT, so nothing else can happen at `pos` until something is injected.
     fn inject_now(
         &mut self,
         pos: Position,
         pending: bool,
         ready: bool,
+        halted: bool,
     ) -> Result<bool, Self::Error>;
     /// The vector injected at `pos`.
     fn injected(&mut self, pos: Position, vector: u8) -> Result<(), Self::Error>;
@@ -279,7 +281,7 @@ impl Machine {
                 (false, None) => self.vcpu.ready_for_interrupt(),
             };
             if driver
-                .inject_now(pos, pending, ready)
+                .inject_now(pos, pending, ready, st.halted)
                 .map_err(SteppedError::Driver)?
             {
                 let vector = self.devices.pic.acknowledge();
