@@ -249,8 +249,9 @@ fn tampered_value_is_a_divergence() {
             *value ^= 0x1000;
         }
     });
-    // The guest computes with the changed value: caught by the next state digest.
-    assert_diverges(&bad, "state digest");
+    // The guest computes with the changed value: caught by the next register snapshot,
+    // with a diff of the registers that differ.
+    assert_diverges(&bad, "register diff (recorded vs replayed)");
 }
 
 #[test]

@@ -92,6 +92,9 @@ fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
 /// Appends the encoding of `record` to `buf`; `prev_position` is the position of the
 /// previous event of the chunk (or the chunk's base position). The caller guarantees
 /// `record.position >= prev_position`.
+/// Most registers a `Registers` event may hold (a bound for readers of damaged data).
+pub const MAX_REGISTERS: u64 = 64;
+
 #[inline]
 pub fn encode_event(buf: &mut Vec<u8>, prev_position: u64, record: &EventRecord) {
     debug_assert!(record.position >= prev_position);
@@ -119,6 +122,12 @@ pub fn encode_event(buf: &mut Vec<u8>, prev_position: u64, record: &EventRecord)
         }
         Event::StateDigest { digest } => buf.extend_from_slice(&digest.to_le_bytes()),
         Event::End { reason } => encode_end_reason(buf, reason),
+        Event::Registers { regs } => {
+            put_varint(buf, regs.len() as u64);
+            for r in regs {
+                put_varint(buf, *r);
+            }
+        }
     }
 }
 
@@ -327,6 +336,19 @@ impl<'a> Decoder<'a> {
             EventKind::End => Event::End {
                 reason: self.end_reason()?,
             },
+            EventKind::Registers => {
+                let offset = self.pos;
+                let n = self.varint()?;
+                if n > MAX_REGISTERS {
+                    return Err(CodecError::OutOfRange {
+                        field: "register count",
+                        value: n,
+                        offset,
+                    });
+                }
+                let regs = (0..n).map(|_| self.varint()).collect::<Result<_, _>>()?;
+                Event::Registers { regs }
+            }
         };
         Ok(EventRecord { position, event })
     }

@@ -89,6 +89,12 @@ pub enum Event {
         /// Why the run ended.
         reason: EndReason,
     },
+    /// A snapshot of the vCPU's general registers, RIP and RFLAGS (in the VMM's order),
+    /// recorded periodically so replay can check them and show a diff on divergence.
+    Registers {
+        /// The register values.
+        regs: Vec<u64>,
+    },
 }
 
 /// Why a recording ended.
@@ -156,11 +162,13 @@ pub enum EventKind {
     StateDigest,
     /// [`Event::End`]
     End,
+    /// [`Event::Registers`]
+    Registers,
 }
 
 impl EventKind {
     /// Every kind, in tag order.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Interrupt,
         EventKind::SerialInput,
         EventKind::SerialHangup,
@@ -173,6 +181,7 @@ impl EventKind {
         EventKind::DeviceData,
         EventKind::StateDigest,
         EventKind::End,
+        EventKind::Registers,
     ];
 
     /// Number of kinds this version knows.
@@ -193,6 +202,7 @@ impl EventKind {
             EventKind::DeviceData => 10,
             EventKind::StateDigest => 11,
             EventKind::End => 12,
+            EventKind::Registers => 13,
         }
     }
 
@@ -221,6 +231,7 @@ impl EventKind {
             EventKind::DeviceData => "device_data",
             EventKind::StateDigest => "state_digest",
             EventKind::End => "end",
+            EventKind::Registers => "registers",
         }
     }
 }
@@ -247,6 +258,7 @@ impl Event {
             Event::DeviceData { .. } => EventKind::DeviceData,
             Event::StateDigest { .. } => EventKind::StateDigest,
             Event::End { .. } => EventKind::End,
+            Event::Registers { .. } => EventKind::Registers,
         }
     }
 }
@@ -304,6 +316,14 @@ impl std::fmt::Display for Event {
             }
             Event::StateDigest { digest } => write!(f, " digest={digest:#018x}"),
             Event::End { reason } => write!(f, " reason={reason}"),
+            Event::Registers { regs } => {
+                write!(f, " regs=[")?;
+                for (i, r) in regs.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { " " };
+                    write!(f, "{sep}{r:#x}")?;
+                }
+                write!(f, "]")
+            }
         }
     }
 }
@@ -319,7 +339,7 @@ mod tests {
             assert_eq!(EventKind::from_tag(kind.tag()), Some(*kind));
         }
         assert_eq!(EventKind::from_tag(0), None);
-        assert_eq!(EventKind::from_tag(13), None);
+        assert_eq!(EventKind::from_tag(EventKind::ALL.len() as u8 + 1), None);
     }
 
     #[test]

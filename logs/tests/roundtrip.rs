@@ -32,6 +32,7 @@ fn event() -> impl Strategy<Value = Event> {
         (any::<u64>(), any::<bool>()).prop_map(|(value, ok)| Event::Rdseed { value, ok }),
         (any::<u16>(), bytes()).prop_map(|(device, bytes)| Event::DeviceData { device, bytes }),
         any::<u64>().prop_map(|digest| Event::StateDigest { digest }),
+        proptest::collection::vec(any::<u64>(), 0..20).prop_map(|regs| Event::Registers { regs }),
         end_reason().prop_map(|reason| Event::End { reason }),
     ]
 }

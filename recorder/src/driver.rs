@@ -142,8 +142,8 @@ impl StepDriver for RecordingDriver<'_> {
     fn snapshot(&mut self, pos: Position, regs: &RegSnapshot) -> Result<(), WriteError> {
         self.log(
             pos,
-            Event::StateDigest {
-                digest: regs.digest(pos),
+            Event::Registers {
+                regs: regs.0.to_vec(),
             },
         )
     }

@@ -317,16 +317,43 @@ impl StepDriver for ReplayDriver {
 
     fn snapshot(&mut self, pos: Position, regs: &RegSnapshot) -> Result<(), DriverError> {
         self.last_regs = Some(*regs);
-        if let Some(&Event::StateDigest { digest }) = self.at(pos) {
-            let actual = regs.digest(pos);
-            if digest != actual {
-                return Err(self.diverge(
-                    pos,
-                    format!("state digest {digest:#018x}"),
-                    format!("state digest {actual:#018x}"),
-                ));
+        match self.at(pos) {
+            Some(Event::Registers { regs: recorded }) => {
+                let Ok(recorded) = <[u64; 18]>::try_from(recorded.as_slice()) else {
+                    return Err(self.diverge(
+                        pos,
+                        format!("a register snapshot of {} registers", recorded.len()),
+                        "this ttvm records 18".to_string(),
+                    ));
+                };
+                let recorded = RegSnapshot(recorded);
+                if recorded != *regs {
+                    let mut d = match self.diverge(
+                        pos,
+                        format!("registers rip={:#x}", recorded.rip()),
+                        format!("registers rip={:#x}", regs.rip()),
+                    ) {
+                        DriverError::Divergence(d) => d,
+                        other => return Err(other),
+                    };
+                    d.register_diff = recorded.diff(regs);
+                    return Err(DriverError::Divergence(d));
+                }
+                self.consume()?;
             }
-            self.consume()?;
+            Some(&Event::StateDigest { digest }) => {
+                // Older traces: a digest of the registers.
+                let actual = regs.digest(pos);
+                if digest != actual {
+                    return Err(self.diverge(
+                        pos,
+                        format!("state digest {digest:#018x}"),
+                        format!("state digest {actual:#018x}"),
+                    ));
+                }
+                self.consume()?;
+            }
+            _ => {}
         }
         Ok(())
     }
