@@ -33,6 +33,31 @@ pub struct NextInstruction {
 /// IA32_TIME_STAMP_COUNTER.
 pub const MSR_TSC: u32 = 0x10;
 
+/// Whether the instruction in `bytes` may be one the VMM emulates: legacy and REX prefixes
+/// skipped, the opcode is HLT (F4) or one of 0F 31 (RDTSC), 0F 01 F9 (RDTSCP), 0F 32
+/// (RDMSR), 0F C7 /6 /7 with a register operand (RDRAND, RDSEED). Exact for those
+/// encodings; everything else is certainly not emulated, which spares a full decode on
+/// almost every step.
+pub fn may_be_emulated(bytes: &[u8], bitness: u32) -> bool {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x66 | 0x67 | 0xf2 | 0xf3 | 0xf0 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => i += 1,
+            0x40..=0x4f if bitness == 64 => i += 1,
+            _ => break,
+        }
+    }
+    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+        (Some(0xf4), _, _) => true,
+        (Some(0x0f), Some(0x31 | 0x32), _) => true,
+        (Some(0x0f), Some(0x01), Some(0xf9)) => true,
+        (Some(0x0f), Some(0xc7), Some(&modrm)) => {
+            modrm >> 6 == 3 && matches!((modrm >> 3) & 7, 6 | 7)
+        }
+        _ => false,
+    }
+}
+
 /// Decodes the instruction in `bytes` for a CPU in `bitness`-bit mode (16, 32, 64). `ecx`
 /// is the current ECX (to recognise RDMSR of the TSC). None if the bytes do not decode.
 pub fn classify(bytes: &[u8], bitness: u32, ecx: u32) -> Option<NextInstruction> {
@@ -76,6 +101,37 @@ fn reg_bits(r: Register) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefilter_agrees_with_the_decoder() {
+        let samples: &[&[u8]] = &[
+            &[0x0f, 0x31],
+            &[0x0f, 0x01, 0xf9],
+            &[0xf4],
+            &[0x48, 0x0f, 0xc7, 0xf0],
+            &[0x66, 0x0f, 0xc7, 0xf8],
+            &[0x0f, 0x32],
+            &[0x0f, 0xc7, 0x08], // cmpxchg8b [rax]: memory form, not RDRAND
+            &[0x0f, 0xb6, 0xc0], // movzx
+            &[0x90],
+            &[0xf3, 0xa4], // rep movsb
+            &[0x48, 0x89, 0xe5],
+            &[0xc7, 0x45, 0xf4, 0x01, 0x00, 0x00, 0x00], // mov dword [rbp-12], 1: F4 is a displacement
+        ];
+        for bytes in samples {
+            let decoded = classify(bytes, 64, MSR_TSC)
+                .and_then(|n| n.emulated)
+                .is_some();
+            if decoded {
+                assert!(may_be_emulated(bytes, 64), "{bytes:x?}");
+            }
+            if !may_be_emulated(bytes, 64) {
+                assert!(!decoded, "{bytes:x?}");
+            }
+        }
+        assert!(!may_be_emulated(&[0x0f, 0xb6, 0xc0], 64));
+        assert!(!may_be_emulated(&[0xc7, 0x45, 0xf4, 0x01, 0, 0, 0], 64));
+    }
 
     #[test]
     fn recognises_what_must_be_emulated() {

@@ -152,6 +152,7 @@ pub struct SteppedReport {
     /// Digest of registers, memory and devices at the end.
     pub final_digest: u64,
     pub emulated: u64,
+    /// Time spent in the loop (the final whole-machine digest excluded).
     pub duration: Duration,
     pub guest_ns: u64,
 }
@@ -311,6 +312,7 @@ impl Machine {
             }
         };
         self.position = st.clock.pos;
+        let duration = started.elapsed();
         let final_regs = RegSnapshot::from_regs(&regs);
         let final_digest = self.state_digest(&final_regs, st.clock.pos);
         if let Some(end) = &end {
@@ -325,7 +327,7 @@ impl Machine {
             final_regs,
             final_digest,
             emulated: st.emulated,
-            duration: started.elapsed(),
+            duration,
             guest_ns: st.clock.now_ns(),
         })
     }
@@ -418,6 +420,9 @@ impl Machine {
         };
         let mut bytes = [0u8; 15];
         let n = mmu.read_virt(&self.mem, linear, &mut bytes);
+        if !decode::may_be_emulated(&bytes[..n], bitness) {
+            return None;
+        }
         let next = decode::classify(&bytes[..n], bitness, regs.rcx as u32)?;
         next.emulated.map(|e| (e, next.len))
     }
@@ -546,5 +551,28 @@ fn set_random(regs: &mut kvm_regs, dest: Register, bits: u32, value: u64, ok: bo
     regs.rflags &= !RFLAGS_ARITH;
     if ok {
         regs.rflags |= RFLAGS_CF;
+    }
+}
+
+impl Machine {
+    /// Benchmark baseline: `steps` bare single steps (device exits handled, nothing
+    /// decoded, emulated or asked of a driver). Returns the steps done before the guest
+    /// ended or `steps` was reached.
+    pub fn raw_single_steps(&mut self, steps: u64) -> Result<u64, MachineError> {
+        self.vcpu.set_single_step(true)?;
+        let mut done = 0;
+        while done < steps {
+            match self.vcpu.run()? {
+                Exit::Debug { .. } | Exit::Hlt => done += 1,
+                Exit::Interrupted => {}
+                other => {
+                    self.handle_exit(other)?;
+                    if self.pending_end.take().is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(done)
     }
 }
