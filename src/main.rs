@@ -24,6 +24,8 @@ enum Command {
     Record(commands::record::RecordArgs),
     /// Replay a trace exactly (default: the latest).
     Replay(commands::replay::ReplayArgs),
+    /// Record and replay every bundled guest on this KVM and compare (conformance suite).
+    Conformance(commands::conformance::ConformanceArgs),
     /// List recorded traces.
     Ls(commands::trace::LsArgs),
     /// Print the events of a trace.
@@ -37,6 +39,7 @@ fn main() {
         Command::Run(args) => commands::run::run(args),
         Command::Demo(args) => commands::demo::demo(args),
         Command::Record(args) => commands::record::run(args),
+        Command::Conformance(args) => commands::conformance::run(args),
         Command::Replay(args) => commands::replay::run(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),

@@ -1,5 +1,6 @@
 //! One module per subcommand: each parses nothing itself (clap did), calls a library and
 //! returns the process exit code.
+pub mod conformance;
 pub mod demo;
 pub mod interrupt;
 pub mod record;

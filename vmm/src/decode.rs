@@ -21,6 +21,21 @@ pub enum Emulated {
     /// RDMSR of IA32_TIME_STAMP_COUNTER (the TSC read another way).
     RdmsrTsc,
     Hlt,
+    /// STI, emulated only when the instruction after it must be emulated: real CPUs
+    /// deliver no single-step trap inside STI's interrupt shadow, so `sti; hlt` would
+    /// otherwise run as one step with the HLT executed natively.
+    Sti,
+}
+
+/// Whether `bytes` start with STI (after legacy prefixes).
+pub fn is_sti(bytes: &[u8]) -> bool {
+    let opcode = bytes.iter().find(|&&b| {
+        !matches!(
+            b,
+            0x66 | 0x67 | 0xf2 | 0xf3 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65
+        )
+    });
+    opcode == Some(&0xfb)
 }
 
 /// The decoded next instruction: its length and whether the VMM must emulate it.
@@ -161,5 +176,7 @@ mod tests {
         let nop = c(&[0x90, 0xcc]);
         assert_eq!((nop.len, nop.emulated), (1, None));
         assert!(classify(&[0x0f], 64, 0).is_none());
+        assert!(is_sti(&[0xfb, 0xf4]));
+        assert!(!is_sti(&[0xfa]));
     }
 }

@@ -21,6 +21,7 @@ pub mod machine;
 pub mod memory;
 pub mod paging;
 pub mod run_loop;
+pub mod step_probe;
 pub mod stepping;
 pub mod vcpu;
 

@@ -77,6 +77,8 @@ pub enum MachineError {
     Bus(#[from] BusError),
     #[error("unexpected KVM exit: {0}")]
     UnexpectedExit(String),
+    #[error(transparent)]
+    Probe(#[from] crate::step_probe::ProbeError),
 }
 
 /// The PC devices, owned concretely so their states can be saved and restored as one.
@@ -208,6 +210,8 @@ pub struct Machine {
     pub(crate) now_ns: u64,
     /// Current position of the stepped run (steps since boot).
     pub(crate) position: u64,
+    /// How this KVM single-steps (probed when a stepped run starts).
+    pub(crate) step_semantics: Option<crate::step_probe::StepSemantics>,
     pub(crate) pending_end: Option<RunEnd>,
     pub(crate) stats: RunStats,
 }
@@ -270,9 +274,15 @@ impl Machine {
             boot_wall_clock_ns: 0,
             now_ns: 0,
             position: 0,
+            step_semantics: None,
             pending_end: None,
             stats: RunStats::default(),
         })
+    }
+
+    /// How this KVM single-steps, once a stepped run has probed it.
+    pub fn step_semantics(&self) -> Option<crate::step_probe::StepSemantics> {
+        self.step_semantics
     }
 
     /// Steps since boot of the stepped run (0 before it starts).

@@ -185,6 +185,12 @@ impl StepClock {
 struct LoopState {
     clock: StepClock,
     halted: bool,
+    /// This KVM drops single-step after each step: re-arm before every step.
+    rearm: bool,
+    /// Where the next step must stop: the entry of the interrupt handler just injected
+    /// (interrupt delivery clears the trap flag, so single-step alone would run the whole
+    /// handler as one step on such KVMs).
+    handler_breakpoint: Option<u64>,
     /// The position at which guest time last skipped ahead while halted.
     skipped_at: Option<Position>,
     /// Interrupt readiness known without a KVM exit (after emulation), else None.
@@ -204,6 +210,8 @@ impl Machine {
         let facts = driver.boot().map_err(SteppedError::Driver)?;
         self.boot_wall_clock_ns = facts.wall_clock_ns;
         self.vcpu.enable_sync_regs();
+        let semantics = crate::step_probe::probe(&self._kvm).map_err(MachineError::from)?;
+        self.step_semantics = Some(semantics);
         self.vcpu
             .set_single_step(true)
             .map_err(MachineError::from)?;
@@ -216,6 +224,8 @@ impl Machine {
                 ..StepClock::default()
             },
             halted: false,
+            rearm: semantics.rearm_each_step,
+            handler_breakpoint: None,
             skipped_at: None,
             ready_override: Some(regs.rflags & RFLAGS_IF != 0),
             emulated: 0,
@@ -281,25 +291,41 @@ impl Machine {
                 (false, Some(r)) => r,
                 (false, None) => self.vcpu.ready_for_interrupt(),
             };
+            let mut injected = false;
             if driver
                 .inject_now(pos, pending, ready, st.halted)
                 .map_err(SteppedError::Driver)?
             {
+                injected = true;
                 let vector = self.devices.pic.acknowledge();
                 self.vcpu.inject(vector).map_err(MachineError::from)?;
                 self.stats.interrupts_injected += 1;
                 driver.injected(pos, vector).map_err(SteppedError::Driver)?;
+                tracing::trace!(pos, vector, halted = st.halted, "interrupt injected");
                 st.halted = false;
+                if st.rearm {
+                    st.handler_breakpoint = self.interrupt_handler(&sregs, vector);
+                }
             }
             if st.halted {
                 continue;
             }
-            // Decode the next instruction: emulate it, or let KVM step it.
+            // Decode the next instruction: emulate it, or let KVM step it. Right after an
+            // injection KVM must run: the interrupt is delivered before that instruction.
             let mmu = Mmu::from_sregs(&sregs);
-            let next = self.next_instruction(&mmu, &regs, &sregs);
+            let next = if injected {
+                None
+            } else {
+                self.next_instruction(&mmu, &regs, &sregs)
+            };
             if let Some((emulated, len)) = next {
                 self.emulate(driver, &mut st, &mut regs, emulated, len)?;
                 continue;
+            }
+            if st.rearm {
+                self.vcpu
+                    .set_guest_debug(true, st.handler_breakpoint.take())
+                    .map_err(MachineError::from)?;
             }
             match self.step_once(&st.clock)? {
                 Some(end) => break (Some(end), None),
@@ -399,6 +425,43 @@ impl Machine {
         Ok(())
     }
 
+    /// The linear address of the guest's handler for `vector`, read from its IDT (long
+    /// mode 16-byte gates, protected mode 8-byte gates with a flat code segment, real-mode
+    /// IVT). None if the IDT does not cover the vector.
+    fn interrupt_handler(&self, sregs: &kvm_bindings::kvm_sregs, vector: u8) -> Option<u64> {
+        let mmu = Mmu::from_sregs(sregs);
+        let v = u64::from(vector);
+        if sregs.cr0 & 1 == 0 {
+            let mut e = [0u8; 4];
+            (mmu.read_virt(&self.mem, sregs.idt.base + v * 4, &mut e) == 4).then(|| {
+                let off = u64::from(u16::from_le_bytes([e[0], e[1]]));
+                let seg = u64::from(u16::from_le_bytes([e[2], e[3]]));
+                seg * 16 + off
+            })
+        } else if mmu.long_mode() {
+            let mut e = [0u8; 16];
+            if v * 16 + 15 > u64::from(sregs.idt.limit)
+                || mmu.read_virt(&self.mem, sregs.idt.base + v * 16, &mut e) != 16
+            {
+                return None;
+            }
+            let low = u64::from(u16::from_le_bytes([e[0], e[1]]));
+            let mid = u64::from(u16::from_le_bytes([e[6], e[7]]));
+            let high = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]]));
+            Some(low | (mid << 16) | (high << 32))
+        } else {
+            let mut e = [0u8; 8];
+            if v * 8 + 7 > u64::from(sregs.idt.limit)
+                || mmu.read_virt(&self.mem, sregs.idt.base + v * 8, &mut e) != 8
+            {
+                return None;
+            }
+            let low = u64::from(u16::from_le_bytes([e[0], e[1]]));
+            let high = u64::from(u16::from_le_bytes([e[6], e[7]]));
+            Some(low | (high << 16))
+        }
+    }
+
     /// The instruction at RIP if the VMM must emulate it, with its length.
     fn next_instruction(
         &self,
@@ -420,6 +483,17 @@ impl Machine {
         };
         let mut bytes = [0u8; 15];
         let n = mmu.read_virt(&self.mem, linear, &mut bytes);
+        if decode::is_sti(&bytes[..n]) {
+            // STI's shadow hides the next instruction from single-step on real CPUs: if
+            // that one must be emulated, emulate the STI too.
+            let sti = decode::classify(&bytes[..n], bitness, regs.rcx as u32)?;
+            let mut after = [0u8; 15];
+            let m = mmu.read_virt(&self.mem, linear + u64::from(sti.len), &mut after);
+            let follower = decode::may_be_emulated(&after[..m], bitness)
+                && decode::classify(&after[..m], bitness, regs.rcx as u32)
+                    .is_some_and(|f| f.emulated.is_some());
+            return follower.then_some((Emulated::Sti, sti.len));
+        }
         if !decode::may_be_emulated(&bytes[..n], bitness) {
             return None;
         }
@@ -438,6 +512,12 @@ impl Machine {
         len: u8,
     ) -> Result<(), SteppedError<D::Error>> {
         let pos = st.clock.pos;
+        tracing::trace!(
+            pos,
+            ?what,
+            rip = format_args!("{:#x}", regs.rip),
+            "emulating"
+        );
         let virtual_tsc = st.tsc_base.wrapping_add(st.clock.now_ns());
         let mut ask = |kind| {
             driver
@@ -463,6 +543,7 @@ impl Machine {
                 set_random(regs, dest, bits, value, ok);
             }
             Emulated::Hlt => st.halted = true,
+            Emulated::Sti => regs.rflags |= RFLAGS_IF,
         }
         regs.rip = regs.rip.wrapping_add(u64::from(len));
         self.vcpu.set_regs(regs).map_err(MachineError::from)?;
@@ -474,7 +555,9 @@ impl Machine {
         self.vcpu
             .set_single_step(true)
             .map_err(MachineError::from)?;
-        st.ready_override = Some(regs.rflags & RFLAGS_IF != 0);
+        // After an emulated STI the next instruction is in its shadow: no interrupt yet
+        // (that instruction is always emulated too, see `next_instruction`).
+        st.ready_override = Some(what != Emulated::Sti && regs.rflags & RFLAGS_IF != 0);
         st.clock.pos += 1;
         st.emulated += 1;
         Ok(())

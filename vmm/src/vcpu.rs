@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 
 use kvm_bindings::{
     kvm_guest_debug, kvm_regs, kvm_sregs, kvm_vcpu_events, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
 };
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
@@ -270,15 +270,22 @@ impl Vcpu {
     /// Arms (or disarms) single-stepping. On real KVM the trap is re-armed only while RIP
     /// equals the RIP at this call, so callers set registers first, then call this.
     pub fn set_single_step(&self, on: bool) -> Result<(), VcpuError> {
-        let control = if on {
-            KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP
-        } else {
-            0
-        };
-        let debug = kvm_guest_debug {
-            control,
-            ..Default::default()
-        };
+        self.set_guest_debug(on, None)
+    }
+
+    /// Single-step on or off, plus an optional hardware execution breakpoint (DR0) at
+    /// linear address `breakpoint`.
+    pub fn set_guest_debug(&self, step: bool, breakpoint: Option<u64>) -> Result<(), VcpuError> {
+        let mut debug = kvm_guest_debug::default();
+        if step {
+            debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+        }
+        if let Some(addr) = breakpoint {
+            debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            debug.arch.debugreg[0] = addr;
+            // DR7: L0 enabled, R/W0 = 00 (execute), LEN0 = 00.
+            debug.arch.debugreg[7] = 0x1;
+        }
         self.fd
             .set_guest_debug(&debug)
             .map_err(VcpuError::SetGuestDebug)

@@ -1,0 +1,313 @@
+//! `ttvm conformance`: for every bundled guest, `run`, `record`, `replay` twice, and
+//! compare serial bytes, exit status, final position and final digest. Meant to be run on
+//! every KVM ttvm supports (see `tools/svm-conformance.sh` for real hardware-virtualization
+//! KVM); it drives this very binary as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use ttvm_logs::{Event, TraceReader};
+
+/// `ttvm conformance`
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the traces and outputs in DIR (default: a temporary directory, removed).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Also replay the trace in DIR, recorded elsewhere: it must replay exactly or be
+    /// refused up front with a reason, never diverge.
+    #[arg(long, value_name = "DIR")]
+    pub foreign_trace: Option<PathBuf>,
+}
+
+const ECHO_INPUT: &[u8] = b"conformance input\nsecond line\n";
+
+#[derive(Debug, Serialize)]
+struct GuestResult {
+    guest: String,
+    run_status: Option<i32>,
+    record_status: Option<i32>,
+    record_seconds: f64,
+    replay_seconds: f64,
+    steps: u64,
+    trace_bytes: u64,
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    kvm_module: String,
+    cpu: String,
+    guests: Vec<GuestResult>,
+    foreign_trace: Option<String>,
+    passed: bool,
+}
+
+struct Outcome {
+    status: Option<i32>,
+    serial: Vec<u8>,
+    stdout: String,
+    stderr: String,
+    seconds: f64,
+}
+
+fn ttvm(args: &[&str], serial_out: &Path) -> anyhow::Result<Outcome> {
+    let exe = std::env::current_exe().context("cannot find the ttvm binary")?;
+    let started = Instant::now();
+    let _ = std::fs::remove_file(serial_out);
+    let o = Command::new(exe)
+        .args(args)
+        .arg("--serial-out")
+        .arg(serial_out)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run ttvm")?;
+    Ok(Outcome {
+        status: o.status.code(),
+        serial: std::fs::read(serial_out).unwrap_or_default(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The trace's final position and final digest.
+fn recorded_final(trace: &Path) -> anyhow::Result<(u64, String)> {
+    let mut reader = TraceReader::open(trace)?;
+    let position = reader
+        .header()
+        .close
+        .as_ref()
+        .map(|c| c.final_position)
+        .context("the trace was not closed")?;
+    let mut digest = None;
+    for rec in reader.events() {
+        if let Event::StateDigest { digest: d } = rec?.event {
+            digest = Some(d);
+        }
+    }
+    let digest = digest.context("the trace has no final digest")?;
+    Ok((position, format!("{digest:#018x}")))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
+    let image = ttvm_guests::elf_bytes(name).context("bundled guest missing")?;
+    let elf = work.join(format!("{name}.elf"));
+    std::fs::write(&elf, image)?;
+    let input = work.join("echo-input");
+    std::fs::write(&input, ECHO_INPUT)?;
+    let elf_s = elf.to_string_lossy().into_owned();
+    let input_s = input.to_string_lossy().into_owned();
+    let trace = work.join(format!("{name}-trace"));
+    let trace_s = trace.to_string_lossy().into_owned();
+    let mut problems = Vec::new();
+
+    let mut run_args = vec!["run"];
+    let mut rec_args = vec!["record", "--no-progress", "-o", &trace_s];
+    if name == "echo" {
+        run_args.extend(["--serial-in", &input_s]);
+        rec_args.extend(["--serial-in", &input_s]);
+    }
+    run_args.push(&elf_s);
+    rec_args.push(&elf_s);
+
+    let run = ttvm(&run_args, &work.join(format!("{name}.run.out")))?;
+    let rec = ttvm(&rec_args, &work.join(format!("{name}.rec.out")))?;
+    if !rec.stderr.contains("ttvm: trace:") {
+        problems.push(format!("record failed: {}", rec.stderr.trim()));
+    }
+    let expected_status = match name {
+        "hello" | "echo" | "entropy" => Some(0),
+        "timer" => Some(10),
+        "crash" => Some(121),
+        _ => None,
+    };
+    if let Some(status) = expected_status {
+        for (what, got) in [("run", run.status), ("record", rec.status)] {
+            if got != Some(status) {
+                problems.push(format!("{what} exited with {got:?}, expected {status}"));
+            }
+        }
+    }
+    let (position, digest) = match recorded_final(&trace) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(format!("cannot read the trace: {e:#}"));
+            (0, String::new())
+        }
+    };
+    let mut replay_seconds = 0.0;
+    for i in 0..2 {
+        let out = work.join(format!("{name}.replay{i}.out"));
+        let rep = ttvm(&["replay", "--json", &trace_s], &out)?;
+        replay_seconds += rep.seconds / 2.0;
+        if rep.serial != rec.serial {
+            problems.push(format!(
+                "replay {i}: serial output differs from the recording"
+            ));
+        }
+        if rep.status != rec.status {
+            problems.push(format!(
+                "replay {i}: exit status {:?}, recorded {:?}",
+                rep.status, rec.status
+            ));
+        }
+        match serde_json::from_str::<serde_json::Value>(rep.stdout.trim()) {
+            Ok(v) => {
+                if v["result"] != "reproduced" {
+                    problems.push(format!("replay {i}: {}", rep.stdout.trim()));
+                }
+                if v["position"] != position {
+                    problems.push(format!(
+                        "replay {i}: final position {} != recorded {position}",
+                        v["position"]
+                    ));
+                }
+                if v["final_digest"] != digest.as_str() {
+                    problems.push(format!(
+                        "replay {i}: final digest {} != recorded {digest}",
+                        v["final_digest"]
+                    ));
+                }
+            }
+            Err(_) => problems.push(format!(
+                "replay {i} failed: {} {}",
+                rep.stdout.trim(),
+                rep.stderr.trim()
+            )),
+        }
+    }
+    Ok(GuestResult {
+        guest: name.to_string(),
+        run_status: run.status,
+        record_status: rec.status,
+        record_seconds: rec.seconds,
+        replay_seconds,
+        steps: position,
+        trace_bytes: dir_size(&trace),
+        problems,
+    })
+}
+
+/// A trace from elsewhere must replay exactly or be refused up front, never diverge.
+fn check_foreign(work: &Path, trace: &Path) -> anyhow::Result<String> {
+    let trace_s = trace.to_string_lossy().into_owned();
+    let rep = ttvm(&["replay", "--json", &trace_s], &work.join("foreign.out"))?;
+    let refused = rep.status == Some(ttvm_vmm::exit_code::VMM_ERROR)
+        && rep.stderr.contains("cannot replay this trace:");
+    if refused {
+        return Ok(format!("refused up front: {}", rep.stderr.trim()));
+    }
+    if rep.stdout.contains("\"result\":\"reproduced\"") {
+        return Ok("replayed exactly".to_string());
+    }
+    anyhow::bail!(
+        "neither replayed nor refused: status {:?}: {} {}",
+        rep.status,
+        rep.stdout.trim(),
+        rep.stderr.trim()
+    )
+}
+
+pub fn run(args: &ConformanceArgs) -> anyhow::Result<i32> {
+    let tmp;
+    let work = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            tmp = std::env::temp_dir().join(format!("ttvm-conformance-{}", std::process::id()));
+            std::fs::create_dir_all(&tmp)?;
+            tmp
+        }
+    };
+    let mut guests = Vec::new();
+    for name in ttvm_guests::NAMES {
+        if !args.json {
+            eprintln!("ttvm conformance: {name}");
+        }
+        guests.push(check_guest(&work, name)?);
+    }
+    let foreign = args
+        .foreign_trace
+        .as_ref()
+        .map(|t| check_foreign(&work, t).map_err(|e| format!("FAIL: {e:#}")));
+    let foreign_ok = !matches!(foreign, Some(Err(_)));
+    let passed = foreign_ok && guests.iter().all(|g| g.problems.is_empty());
+    let report = Report {
+        kvm_module: ttvm_vmm::host_kvm::kvm_module(),
+        cpu: ttvm_logs::HostInfo::detect().cpu_model_name,
+        guests,
+        foreign_trace: foreign.map(|r| r.unwrap_or_else(|e| e)),
+        passed,
+    };
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if passed { 0 } else { 1 })
+}
+
+fn print_report(r: &Report) {
+    println!("conformance on {} ({})", r.kvm_module, r.cpu);
+    println!(
+        "{:<8} {:>6} {:>6} {:>9} {:>9} {:>7} {:>9}  result",
+        "guest", "run", "record", "record s", "replay s", "steps", "trace B"
+    );
+    for g in &r.guests {
+        let status = |s: Option<i32>| s.map_or("-".to_string(), |c| c.to_string());
+        println!(
+            "{:<8} {:>6} {:>6} {:>9.2} {:>9.2} {:>7} {:>9}  {}",
+            g.guest,
+            status(g.run_status),
+            status(g.record_status),
+            g.record_seconds,
+            g.replay_seconds,
+            g.steps,
+            g.trace_bytes,
+            if g.problems.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            }
+        );
+        for p in &g.problems {
+            println!("         - {p}");
+        }
+    }
+    if let Some(f) = &r.foreign_trace {
+        println!("foreign trace: {f}");
+    }
+    println!(
+        "{}",
+        if r.passed {
+            "conformance: PASS"
+        } else {
+            "conformance: FAIL"
+        }
+    );
+}
