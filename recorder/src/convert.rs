@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use ttvm_logs::{ClockInfo, CpuidEntry as TraceCpuid, EndReason};
 use ttvm_vmm::cpuid::CpuidEntry;
+use ttvm_vmm::step_probe::StepSemantics;
 use ttvm_vmm::stepping::{BootFacts, TimeConfig};
 use ttvm_vmm::RunEnd;
 
@@ -13,6 +14,7 @@ pub const PARAM_NS_PER_STEP: &str = "ns_per_step";
 pub const PARAM_TSC_BASE: &str = "tsc_base";
 pub const PARAM_WALL_CLOCK: &str = "boot_wall_clock_ns";
 pub const PARAM_KVM_MODULE: &str = "kvm_module";
+pub const PARAM_STEP_REARM: &str = "step_rearm";
 
 pub fn end_reason(end: &RunEnd) -> EndReason {
     match end {
@@ -29,8 +31,17 @@ pub fn end_reason(end: &RunEnd) -> EndReason {
 
 /// The clock description recorded in the header: everything replay needs to reproduce
 /// guest time, and what the positions mean.
-pub fn singlestep_clock(time: TimeConfig, facts: BootFacts, kvm_module: &str) -> ClockInfo {
+pub fn singlestep_clock(
+    time: TimeConfig,
+    facts: BootFacts,
+    kvm_module: &str,
+    semantics: StepSemantics,
+) -> ClockInfo {
     let mut params = BTreeMap::new();
+    params.insert(
+        PARAM_STEP_REARM.to_string(),
+        semantics.rearm_each_step.to_string(),
+    );
     params.insert(PARAM_NS_PER_STEP.to_string(), time.ns_per_step.to_string());
     params.insert(PARAM_TSC_BASE.to_string(), facts.tsc_base.to_string());
     params.insert(

@@ -76,6 +76,7 @@ pub fn record(
     let mut live = LiveDriver::new(serial_in);
     let Ok(facts) = live.boot();
     let kvm_module = host_kvm::kvm_module();
+    let semantics = machine.probe_step_semantics().map_err(MachineError::from)?;
     let meta = TraceMeta {
         guest_name: opts.guest_name.clone(),
         ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -84,7 +85,7 @@ pub fn record(
             cmdline: opts.machine.cmdline.clone(),
             cpuid: convert::trace_cpuid(machine.cpuid()),
         },
-        clock: convert::singlestep_clock(opts.time, facts, &kvm_module),
+        clock: convert::singlestep_clock(opts.time, facts, &kvm_module, semantics),
         host: HostInfo::detect(),
         guest_image_name: opts.image_name.clone(),
     };

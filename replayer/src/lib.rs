@@ -26,6 +26,7 @@ pub mod clock_params {
     pub const TSC_BASE: &str = "tsc_base";
     pub const WALL_CLOCK: &str = "boot_wall_clock_ns";
     pub const KVM_MODULE: &str = "kvm_module";
+    pub const STEP_REARM: &str = "step_rearm";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +168,32 @@ pub fn prepare(
         cpuid: Some(cpuid),
         ..MachineConfig::default()
     };
-    let machine = Machine::new(config, &image, serial_out)?;
+    let mut machine = Machine::new(config, &image, serial_out)?;
+    // Same KVM module but different stepping behaviour (another kernel version, other
+    // module parameters): positions would not line up either.
+    if let Some(recorded) = header.clock.params.get(clock_params::STEP_REARM) {
+        let here = machine
+            .probe_step_semantics()
+            .map_err(MachineError::from)?
+            .rearm_each_step
+            .to_string();
+        if *recorded != here {
+            return Err(ReplayError::Unsupported(format!(
+                "it was recorded on a KVM whose single-step {} re-arming before every step, \
+                 and this one {}: positions would not line up",
+                if recorded == "true" {
+                    "needed"
+                } else {
+                    "did not need"
+                },
+                if here == "true" {
+                    "needs it"
+                } else {
+                    "does not"
+                },
+            )));
+        }
+    }
     Ok((machine, reader, time, facts))
 }
 

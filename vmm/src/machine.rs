@@ -280,9 +280,16 @@ impl Machine {
         })
     }
 
-    /// How this KVM single-steps, once a stepped run has probed it.
-    pub fn step_semantics(&self) -> Option<crate::step_probe::StepSemantics> {
-        self.step_semantics
+    /// How this KVM single-steps (probed once, in a scratch VM, then remembered).
+    pub fn probe_step_semantics(
+        &mut self,
+    ) -> Result<crate::step_probe::StepSemantics, crate::step_probe::ProbeError> {
+        if let Some(s) = self.step_semantics {
+            return Ok(s);
+        }
+        let s = crate::step_probe::probe(&self._kvm)?;
+        self.step_semantics = Some(s);
+        Ok(s)
     }
 
     /// Steps since boot of the stepped run (0 before it starts).

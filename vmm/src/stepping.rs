@@ -210,8 +210,7 @@ impl Machine {
         let facts = driver.boot().map_err(SteppedError::Driver)?;
         self.boot_wall_clock_ns = facts.wall_clock_ns;
         self.vcpu.enable_sync_regs();
-        let semantics = crate::step_probe::probe(&self._kvm).map_err(MachineError::from)?;
-        self.step_semantics = Some(semantics);
+        let semantics = self.probe_step_semantics().map_err(MachineError::from)?;
         self.vcpu
             .set_single_step(true)
             .map_err(MachineError::from)?;

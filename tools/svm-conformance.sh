@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Conformance on KVM with real hardware-virtualization semantics (kvm_amd on an emulated AMD
+# CPU, via ../shared/tools/run-in-svm.sh), plus cross-host traces in both directions.
+#
+#   tools/svm-conformance.sh            # builds a static ttvm, runs everything, exit 0 = pass
+#
+# Inside the SVM host: `ttvm conformance` (run, record, replay twice for every bundled guest;
+# serial bytes, exit status, final position and digest compared), `ttvm doctor` if present,
+# and a trace recorded HERE that must be refused up front there. Back here: a trace recorded
+# THERE must be refused up front. Takes about 1-2 minutes after the tool's first-use set-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SVM_TOOL=${SVM_TOOL:-$(cd .. && pwd)/shared/tools/run-in-svm.sh}
+[ -x "$SVM_TOOL" ] || { echo "svm-conformance: $SVM_TOOL not found" >&2; exit 2; }
+TARGET=x86_64-unknown-linux-gnu
+echo "svm-conformance: building a static ttvm"
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$TARGET" --bin ttvm
+BIN=target/$TARGET/release/ttvm
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+
+# A trace recorded on this host, to be replayed there.
+"$BIN" conformance --keep "$work/local" > "$work/local.txt"
+mkdir "$work/in"
+strip -o "$work/in/ttvm.bin" "$BIN" && chmod -x "$work/in/ttvm.bin"
+for f in "$work/local/hello-trace"/*; do cp "$f" "$work/in/"; done
+cat > "$work/in/svm.sh" <<'INNER'
+#!/bin/sh
+cd /bin/tests && chmod +x ttvm.bin && mkdir foreign
+for f in header.json events events.idx guest.zst complete incomplete; do [ -e "$f" ] && mv "$f" foreign/; done
+./ttvm.bin conformance --keep /tmp/k --foreign-trace foreign; rc=$?
+if ./ttvm.bin doctor --help >/dev/null 2>&1; then ./ttvm.bin doctor || rc=1; fi
+for f in /tmp/k/hello-trace/*; do echo "@@FILE ${f##*/}"; base64 "$f"; echo "@@END"; done
+exit $rc
+INNER
+chmod +x "$work/in/svm.sh"
+specs=("$work/in/svm.sh")
+for f in "$work/in"/*; do [ "$f" = "$work/in/svm.sh" ] || specs+=("$f"); done
+set +e
+"$SVM_TOOL" -t 900 "${specs[@]}" > "$work/svm.txt" 2> "$work/svm.err"
+svm_rc=$?
+set -e
+grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" || true
+if [ $svm_rc -ne 0 ]; then
+  echo "svm-conformance: FAIL inside the SVM host (exit $svm_rc)" >&2
+  tail -n 20 "$work/svm.err" >&2
+  exit 1
+fi
+
+# The trace recorded there, replayed here: it must be refused up front (or replay exactly).
+mkdir "$work/from-svm"
+awk -v dir="$work/from-svm" '
+  /^@@FILE / { name = $2; out = dir "/" name ".b64"; next }
+  /^@@END/   { close(out); out = ""; next }
+  out != ""  { print > out }' "$work/svm.txt"
+for f in "$work/from-svm"/*.b64; do base64 -d "$f" > "${f%.b64}" && rm "$f"; done
+set +e
+"$BIN" replay --quiet "$work/from-svm" > "$work/back.out" 2> "$work/back.err"
+back_rc=$?
+set -e
+if [ $back_rc -eq 120 ] && grep -q "cannot replay this trace" "$work/back.err"; then
+  echo "svm-conformance: trace from the SVM host, replayed here: refused up front: $(cat "$work/back.err")"
+elif [ $back_rc -eq 0 ]; then
+  echo "svm-conformance: trace from the SVM host replayed exactly here"
+else
+  echo "svm-conformance: FAIL: trace from the SVM host neither replayed nor was refused (exit $back_rc)" >&2
+  cat "$work/back.err" >&2
+  exit 1
+fi
+echo "svm-conformance: PASS"
