@@ -26,6 +26,8 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Record and replay every bundled guest on this KVM and compare (conformance suite).
     Conformance(commands::conformance::ConformanceArgs),
+    /// Check this host: KVM, single-step behaviour, PMU; which clocks will work.
+    Doctor(commands::doctor::DoctorArgs),
     /// List recorded traces.
     Ls(commands::trace::LsArgs),
     /// Print the events of a trace.
@@ -40,6 +42,7 @@ fn main() {
         Command::Demo(args) => commands::demo::demo(args),
         Command::Record(args) => commands::record::run(args),
         Command::Conformance(args) => commands::conformance::run(args),
+        Command::Doctor(args) => commands::doctor::run(args),
         Command::Replay(args) => commands::replay::run(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),

@@ -2,6 +2,7 @@
 //! returns the process exit code.
 pub mod conformance;
 pub mod demo;
+pub mod doctor;
 pub mod interrupt;
 pub mod record;
 pub mod replay;

@@ -10,6 +10,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
+
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -45,38 +46,57 @@ const STEPS_BEFORE_OUT: u32 = 4;
 /// The probe's RAM: two pages, so 0x3000 is unbacked.
 const PROBE_RAM: usize = 0x2000;
 
+/// A throw-away VM with `PROBE_RAM` bytes of RAM holding `program` at `CODE`, and a vCPU
+/// in real mode at CS:IP = 0:CODE. Field order is drop order: vCPU, VM, then the memory.
+pub struct ScratchVm {
+    pub vcpu: Vcpu,
+    _vm: kvm_ioctls::VmFd,
+    _mem: GuestMemoryMmap,
+}
+
+impl ScratchVm {
+    pub fn new(kvm: &Kvm, program: &[u8]) -> Result<Self, ProbeError> {
+        let vm = kvm.create_vm().map_err(ProbeError::Create)?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), PROBE_RAM)])
+            .map_err(|e| ProbeError::Memory(e.to_string()))?;
+        mem.write_slice(program, GuestAddress(CODE))
+            .map_err(|e| ProbeError::Memory(e.to_string()))?;
+        for region in mem.iter() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| ProbeError::Memory(e.to_string()))?;
+            let desc = kvm_userspace_memory_region {
+                slot: 0,
+                flags: 0,
+                guest_phys_addr: 0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the mapping lives in the returned ScratchVm, which drops the VM before
+            // the memory, and is not changed while registered.
+            unsafe { vm.set_user_memory_region(desc) }.map_err(ProbeError::Create)?;
+        }
+        let vcpu = Vcpu::new(vm.create_vcpu(0).map_err(ProbeError::Create)?);
+        let mut sregs = vcpu.sregs()?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.set_sregs(&sregs)?;
+        let mut regs = vcpu.regs()?;
+        regs.rip = CODE;
+        regs.rflags = 0x2;
+        vcpu.set_regs(&regs)?;
+        Ok(ScratchVm {
+            vcpu,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+}
+
 /// Runs the probe in a scratch VM of `kvm` (a few KVM exits, about a millisecond).
 pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
-    let vm = kvm.create_vm().map_err(ProbeError::Create)?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), PROBE_RAM)])
-        .map_err(|e| ProbeError::Memory(e.to_string()))?;
-    mem.write_slice(&PROGRAM, GuestAddress(CODE))
-        .map_err(|e| ProbeError::Memory(e.to_string()))?;
-    for region in mem.iter() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| ProbeError::Memory(e.to_string()))?;
-        let desc = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: `mem` outlives `vm` (both are locals dropped in reverse order: the VM
-        // first) and the mapping is not changed while registered.
-        unsafe { vm.set_user_memory_region(desc) }.map_err(ProbeError::Create)?;
-    }
-    let mut vcpu = Vcpu::new(vm.create_vcpu(0).map_err(ProbeError::Create)?);
-    // Real mode, CS:IP = 0:0x1000.
-    let mut sregs = vcpu.sregs()?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs)?;
-    let mut regs = vcpu.regs()?;
-    regs.rip = CODE;
-    regs.rflags = 0x2;
-    vcpu.set_regs(&regs)?;
+    let mut scratch = ScratchVm::new(kvm, &PROGRAM)?;
+    let vcpu = &mut scratch.vcpu;
     vcpu.set_single_step(true)?;
     // Arm once, then count the debug exits until the program's `out`.
     let mut steps = 0;
@@ -93,7 +113,67 @@ pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
         rearm_each_step: steps < STEPS_BEFORE_OUT,
     };
     tracing::debug!(steps, ?semantics, "single-step probe");
-    drop(vcpu);
-    drop(vm);
     Ok(semantics)
+}
+
+/// Whether single-stepping works for code at CPL3 (user mode): a scratch vCPU in flat
+/// 32-bit protected mode with paging (one 4 MiB user page) at privilege level 3 steps over
+/// nops. Some KVMs pass the debug
+/// trap to the guest instead (which, with no IDT, shuts it down).
+pub fn probe_cpl3(kvm: &Kvm) -> Result<Result<(), String>, ProbeError> {
+    let mut scratch = ScratchVm::new(kvm, &[0x90, 0x90, 0x90, 0x90, 0xf4])?;
+    let mut sregs = scratch.vcpu.sregs()?;
+    let seg = |selector: u16, type_: u8| kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 3,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    sregs.cs = seg(0x1b, 0xb);
+    sregs.ss = seg(0x23, 0x3);
+    sregs.ds = sregs.ss;
+    sregs.es = sregs.ss;
+    sregs.fs = sregs.ss;
+    sregs.gs = sregs.ss;
+    sregs.tr = kvm_bindings::kvm_segment {
+        limit: 0x67,
+        selector: 0x28,
+        type_: 0xb,
+        present: 1,
+        ..Default::default()
+    };
+    // Page directory at 0: entry 0 maps 0-4 MiB, present, writable, user, 4 MiB page.
+    scratch
+        ._mem
+        .write_obj(0x87u32, GuestAddress(0))
+        .map_err(|e| ProbeError::Memory(e.to_string()))?;
+    let vcpu = &mut scratch.vcpu;
+    sregs.cr3 = 0;
+    sregs.cr4 |= 0x10; // PSE
+    sregs.cr0 |= 0x8000_0001; // PG | PE
+    vcpu.set_sregs(&sregs)?;
+    vcpu.set_single_step(true)?;
+    for _ in 0..3 {
+        match vcpu.run()? {
+            Exit::Debug { .. } => {}
+            Exit::Interrupted => {}
+            other => {
+                return Ok(Err(format!(
+                    "the step ended with {other:?} instead of a debug exit"
+                )))
+            }
+        }
+        // Re-arm each time, as on KVMs that need it; CPL3 stepping is what is probed here.
+        vcpu.set_single_step(true)?;
+    }
+    Ok(Ok(()))
 }

@@ -1,0 +1,219 @@
+//! `ttvm doctor`: will ttvm work on this host, and with which clock? Every check says
+//! what it found and, when something is missing, what to do.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::kvm_host::{self, RUN_REQUIREMENTS};
+use crate::{host_kvm, pmu_probe, step_probe};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClockVerdict {
+    pub clock: &'static str,
+    pub usable: bool,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    pub kvm_module: String,
+    pub hardware_virtualization: bool,
+    pub checks: Vec<Check>,
+    pub clocks: Vec<ClockVerdict>,
+    pub verdict: String,
+}
+
+fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Whether the CPU this runs on advertises VMX or SVM (hardware virtualization).
+fn hardware_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs every check against the KVM device at `kvm_path`.
+pub fn diagnose(kvm_path: &Path) -> Diagnosis {
+    let mut checks = Vec::new();
+    let module = host_kvm::kvm_module();
+    let hw = hardware_virtualization();
+    checks.push(check(
+        "kvm module",
+        if module == "unknown" {
+            Status::Warn
+        } else {
+            Status::Ok
+        },
+        format!(
+            "{module}; {}",
+            if hw {
+                "the CPU has hardware virtualization (VMX/SVM)"
+            } else {
+                "no VMX/SVM on this CPU: a software or nested KVM"
+            }
+        ),
+    ));
+    let kvm = match kvm_host::open_kvm(kvm_path, &[]) {
+        Ok(kvm) => {
+            checks.push(check(
+                "kvm device",
+                Status::Ok,
+                format!("{} opens, API version 12", kvm_path.display()),
+            ));
+            Some(kvm)
+        }
+        Err(e) => {
+            checks.push(check("kvm device", Status::Fail, e.to_string()));
+            None
+        }
+    };
+    let mut singlestep_ok = kvm.is_some();
+    if let Some(kvm) = &kvm {
+        for r in RUN_REQUIREMENTS {
+            let ok = kvm_host::CapabilityQuery::has(kvm, r.cap);
+            singlestep_ok &= ok;
+            checks.push(check(
+                "kvm capability",
+                if ok { Status::Ok } else { Status::Fail },
+                format!(
+                    "{}: {} ({})",
+                    r.name,
+                    if ok { "present" } else { "MISSING" },
+                    r.what_for
+                ),
+            ));
+        }
+        match step_probe::probe(kvm) {
+            Ok(s) => checks.push(check(
+                "single-step",
+                Status::Ok,
+                if s.rearm_each_step {
+                    "works; the trap flag does not survive KVM's instruction emulator, so ttvm re-arms before every step and stops injected interrupts at their handler (real hardware-virtualization semantics)"
+                } else {
+                    "works and stays armed across emulated instructions (this KVM's own single-step)"
+                },
+            )),
+            Err(e) => {
+                singlestep_ok = false;
+                checks.push(check("single-step", Status::Fail, e.to_string()));
+            }
+        }
+        match step_probe::probe_cpl3(kvm) {
+            Ok(Ok(())) => checks.push(check("single-step at CPL3", Status::Ok, "works (user-mode guest code can be stepped)")),
+            Ok(Err(why)) => checks.push(check(
+                "single-step at CPL3",
+                Status::Warn,
+                format!("broken: {why}; guests that run user-mode code cannot be recorded exactly on this KVM (ttvm's test guests run at CPL0)"),
+            )),
+            Err(e) => checks.push(check("single-step at CPL3", Status::Warn, e.to_string())),
+        }
+        checks.push(tsc_check(kvm));
+    }
+    let pmu = pmu_probe::probe();
+    let event = pmu.event.as_ref().map_or("no event".to_string(), |e| {
+        format!("{} {} (raw {:#x})", e.vendor, e.name, e.config)
+    });
+    let paranoid = pmu
+        .perf_event_paranoid
+        .map_or(String::new(), |p| format!("; perf_event_paranoid={p}"));
+    checks.push(match &pmu.error {
+        None => check(
+            "pmu",
+            Status::Ok,
+            format!("guest-only {event} opens{paranoid}"),
+        ),
+        Some(e) => check("pmu", Status::Warn, format!("{event}: {e}{paranoid}")),
+    });
+    checks.push(check(
+        "pmu accuracy",
+        Status::Skip,
+        if pmu.available() {
+            "not measured: this ttvm has no performance-counter clock yet to run the guest loop with"
+        } else {
+            "not measured: no counter"
+        },
+    ));
+    let clocks = vec![
+        ClockVerdict {
+            clock: "singlestep",
+            usable: singlestep_ok,
+            why: if singlestep_ok {
+                "exact everywhere KVM single-steps; ~1 KVM exit per guest instruction".to_string()
+            } else {
+                "KVM is missing or lacks a capability listed above".to_string()
+            },
+        },
+        ClockVerdict {
+            clock: "pmu",
+            usable: false,
+            why: match &pmu.error {
+                Some(e) => format!("no guest branch counter here ({e})"),
+                None => "the counter works here, but this ttvm version has no performance-counter clock yet".to_string(),
+            },
+        },
+    ];
+    let verdict = if singlestep_ok {
+        "ttvm works here: record and replay use the singlestep clock".to_string()
+    } else {
+        "ttvm cannot record here: fix the failed checks above".to_string()
+    };
+    Diagnosis {
+        kvm_module: module,
+        hardware_virtualization: hw,
+        checks,
+        clocks,
+        verdict,
+    }
+}
+
+/// TSC control (KVM_SET_TSC_KHZ); ttvm does not need it under the single-step clock.
+fn tsc_check(kvm: &kvm_ioctls::Kvm) -> Check {
+    let result = (|| -> Result<String, String> {
+        let vm = kvm.create_vm().map_err(|e| e.to_string())?;
+        let vcpu = vm.create_vcpu(0).map_err(|e| e.to_string())?;
+        let khz = vcpu
+            .get_tsc_khz()
+            .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?;
+        vcpu.set_tsc_khz(khz / 2)
+            .map_err(|e| format!("KVM_SET_TSC_KHZ to {} kHz: {e}", khz / 2))?;
+        Ok(format!(
+            "TSC frequency control works (host {khz} kHz, set {} kHz)",
+            khz / 2
+        ))
+    })();
+    match result {
+        Ok(detail) => check("tsc control", Status::Ok, detail),
+        Err(e) => check(
+            "tsc control",
+            Status::Warn,
+            format!("{e}; not needed: ttvm emulates RDTSC under the single-step clock"),
+        ),
+    }
+}
