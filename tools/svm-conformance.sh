@@ -35,15 +35,28 @@ INNER
 chmod +x "$work/in/svm.sh"
 specs=("$work/in/svm.sh")
 for f in "$work/in"/*; do [ "$f" = "$work/in/svm.sh" ] || specs+=("$f"); done
-set +e
-"$SVM_TOOL" -t 900 "${specs[@]}" > "$work/svm.txt" 2> "$work/svm.err"
-svm_rc=$?
-set -e
-grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" || true
+run_svm() {
+  set +e
+  "$SVM_TOOL" -t 600 "${specs[@]}" > "$work/svm.txt" 2> "$work/svm.err"
+  svm_rc=$?
+  set -e
+  grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" || true
+}
+run_svm
 if [ $svm_rc -ne 0 ]; then
-  echo "svm-conformance: FAIL inside the SVM host (exit $svm_rc)" >&2
-  tail -n 20 "$work/svm.err" >&2
-  exit 1
+  # One retry: a failure that does not repeat is reported loudly, not hidden. (Seen once:
+  # a command hung inside the SVM host while this machine was overloaded; not reproduced.)
+  first=$(grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" | grep -E 'FAIL|hung|- ' | head -20)
+  echo "svm-conformance: WARNING: attempt 1 failed inside the SVM host (exit $svm_rc):" >&2
+  echo "$first" >&2
+  tail -n 5 "$work/svm.err" >&2
+  run_svm
+  if [ $svm_rc -ne 0 ]; then
+    echo "svm-conformance: FAIL inside the SVM host twice (exit $svm_rc)" >&2
+    tail -n 20 "$work/svm.err" >&2
+    exit 1
+  fi
+  echo "svm-conformance: WARNING: passed on the second attempt; the first failure is printed above" >&2
 fi
 
 # The trace recorded there, replayed here: it must be refused up front (or replay exactly).

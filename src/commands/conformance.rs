@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -58,22 +58,51 @@ struct Outcome {
     seconds: f64,
 }
 
+/// Longest a single run/record/replay of a test guest may take before it counts as hung
+/// (they take seconds even on emulated hardware virtualization).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs this binary with `args`; output goes to files (no pipe can fill up), and a command
+/// that exceeds `COMMAND_TIMEOUT` is killed and reported as hung.
 fn ttvm(args: &[&str], serial_out: &Path) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find the ttvm binary")?;
     let started = Instant::now();
     let _ = std::fs::remove_file(serial_out);
-    let o = Command::new(exe)
+    let out_path = serial_out.with_extension("stdout");
+    let err_path = serial_out.with_extension("stderr");
+    let mut child = Command::new(exe)
         .args(args)
         .arg("--serial-out")
         .arg(serial_out)
         .stdin(Stdio::null())
-        .output()
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()
         .context("cannot run ttvm")?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status.code();
+        }
+        if started.elapsed() > COMMAND_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if status.is_none() {
+        stderr.push_str(&format!(
+            "\nttvm conformance: `ttvm {}` hung: killed after {} s",
+            args.join(" "),
+            COMMAND_TIMEOUT.as_secs()
+        ));
+    }
     Ok(Outcome {
-        status: o.status.code(),
+        status,
         serial: std::fs::read(serial_out).unwrap_or_default(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -132,6 +161,11 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
 
     let run = ttvm(&run_args, &work.join(format!("{name}.run.out")))?;
     let rec = ttvm(&rec_args, &work.join(format!("{name}.rec.out")))?;
+    for o in [&run, &rec] {
+        if o.status.is_none() {
+            problems.push(o.stderr.lines().last().unwrap_or_default().to_string());
+        }
+    }
     if !rec.stderr.contains("ttvm: trace:") {
         problems.push(format!("record failed: {}", rec.stderr.trim()));
     }
