@@ -37,13 +37,13 @@ specs=("$work/in/svm.sh")
 for f in "$work/in"/*; do [ "$f" = "$work/in/svm.sh" ] || specs+=("$f"); done
 run_svm() {
   set +e
-  "$SVM_TOOL" -t 600 "${specs[@]}" > "$work/svm.txt" 2> "$work/svm.err"
+  "$SVM_TOOL" -t "${SVM_TIMEOUT:-600}" "${specs[@]}" > "$work/svm.txt" 2> "$work/svm.err"
   svm_rc=$?
   set -e
   grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" || true
 }
 run_svm
-if [ $svm_rc -ne 0 ]; then
+if [ $svm_rc -ne 0 ] && [ "${SVM_RETRY:-1}" = 1 ] && [ $svm_rc -ne 124 ]; then
   # One retry: a failure that does not repeat is reported loudly, not hidden. (Seen once:
   # a command hung inside the SVM host while this machine was overloaded; not reproduced.)
   first=$(grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" | grep -E 'FAIL|hung|- ' | head -20)
