@@ -48,6 +48,7 @@
 //! ```
 pub mod checkpoint;
 pub mod chunk;
+pub mod clock_params;
 pub mod codec;
 pub mod event;
 mod fsutil;

@@ -19,15 +19,7 @@ use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd};
 pub use divergence::Divergence;
 use driver::{DriverError, ReplayDriver, StopCause};
 
-/// Clock parameters in trace headers (written by the recorder).
-pub mod clock_params {
-    pub const SINGLESTEP_CLOCK: &str = "singlestep";
-    pub const NS_PER_STEP: &str = "ns_per_step";
-    pub const TSC_BASE: &str = "tsc_base";
-    pub const WALL_CLOCK: &str = "boot_wall_clock_ns";
-    pub const KVM_MODULE: &str = "kvm_module";
-    pub const STEP_REARM: &str = "step_rearm";
-}
+use ttvm_logs::clock_params;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {

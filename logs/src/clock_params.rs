@@ -1,0 +1,15 @@
+//! Names of the single-step clock's parameters in `ClockInfo::params` (the recorder writes
+//! them, the replayer reads them; both use these names so they cannot drift apart).
+
+/// `ClockInfo::name` of the single-step clock.
+pub const SINGLESTEP_CLOCK: &str = "singlestep";
+/// Guest nanoseconds per step.
+pub const NS_PER_STEP: &str = "ns_per_step";
+/// TSC value at boot.
+pub const TSC_BASE: &str = "tsc_base";
+/// Wall-clock time at boot, unix nanoseconds.
+pub const WALL_CLOCK: &str = "boot_wall_clock_ns";
+/// The KVM vendor module the trace was recorded on.
+pub const KVM_MODULE: &str = "kvm_module";
+/// Whether that KVM needed single-step re-armed before every step ("true"/"false").
+pub const STEP_REARM: &str = "step_rearm";
