@@ -63,6 +63,7 @@ fn measure(name: &str, cmdline: &str) -> Figures {
             image_name: format!("{name}.elf"),
             location: TraceLocation::Exact(dir.clone()),
             progress: false,
+            checkpoints: Default::default(),
         };
         let recording = record(
             opts,

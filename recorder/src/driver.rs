@@ -11,6 +11,7 @@ use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop};
 use ttvm_vmm::{Machine, RunEnd, SerialPoll};
 
+use crate::checkpoints::{CheckpointError, CheckpointEvery, Checkpointer};
 use crate::convert::end_reason;
 
 /// How often (in steps) the driver looks at the wall clock for flushing and progress:
@@ -28,8 +29,8 @@ pub struct RecordingDriver<'w> {
     progress: bool,
     started: Instant,
     last_progress: Instant,
-    /// Recording error met inside a callback that cannot fail the guest (kept for the end).
     pub(crate) steps_at_last_tick: u64,
+    pub(crate) checkpointer: Checkpointer,
 }
 
 impl<'w> RecordingDriver<'w> {
@@ -39,6 +40,7 @@ impl<'w> RecordingDriver<'w> {
         writer: &'w mut TraceWriter,
         stop: Arc<AtomicBool>,
         progress: bool,
+        checkpoints: CheckpointEvery,
     ) -> Self {
         let now = Instant::now();
         RecordingDriver {
@@ -50,6 +52,27 @@ impl<'w> RecordingDriver<'w> {
             started: now,
             last_progress: now,
             steps_at_last_tick: 0,
+            checkpointer: Checkpointer::new(checkpoints),
+        }
+    }
+
+    /// Takes the checkpoint that `boundary` stopped for. A checkpoint the machine cannot
+    /// take is reported once and checkpointing stops (the recording itself goes on); a
+    /// checkpoint that cannot be written is a trace write failure.
+    pub(crate) fn take_checkpoint(&mut self, machine: &mut Machine) -> Result<(), WriteError> {
+        let cursor = self.writer.event_count();
+        match self.checkpointer.take(machine, self.writer, cursor) {
+            Ok(_) => Ok(()),
+            Err(CheckpointError::Write(e)) => Err(e),
+            Err(CheckpointError::Snapshot(e)) => {
+                tracing::warn!("no more checkpoints in this trace: {e}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ttvm: warning: no more checkpoints in this trace: {e}"
+                );
+                self.checkpointer = Checkpointer::new(CheckpointEvery::Never);
+                Ok(())
+            }
         }
     }
 
@@ -80,16 +103,16 @@ impl StepDriver for RecordingDriver<'_> {
         Ok(self.facts)
     }
 
-    fn boundary(&mut self, pos: Position, _m: &Machine) -> Result<Option<Stop>, WriteError> {
+    fn boundary(&mut self, pos: Position, m: &Machine) -> Result<Option<Stop>, WriteError> {
         if pos.wrapping_sub(self.steps_at_last_tick) >= TICK_STEPS {
             self.steps_at_last_tick = pos;
             self.writer.tick()?;
             self.report_progress(pos);
         }
-        Ok(self
-            .stop
-            .load(Ordering::Relaxed)
-            .then_some(Stop::Interrupted))
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(Some(Stop::Interrupted));
+        }
+        Ok((m.at_fresh_position() && self.checkpointer.due(pos)).then_some(Stop::Reached))
     }
 
     fn serial(&mut self, pos: Position, room: usize) -> Result<SerialPoll, WriteError> {

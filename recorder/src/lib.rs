@@ -1,6 +1,7 @@
 //! `ttvm-recorder`: runs the machine under the single-step clock against the real world
 //! and writes a trace: every nondeterministic input with the exact position it arrived at.
 
+pub mod checkpoints;
 pub mod convert;
 pub mod driver;
 
@@ -19,6 +20,7 @@ use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::stepping::{StepDriver, SteppedError, TimeConfig};
 use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd, SerialSource};
 
+use crate::checkpoints::{CheckpointEvery, CheckpointStats};
 use crate::driver::RecordingDriver;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub struct RecordOptions {
     pub location: TraceLocation,
     /// Print progress lines on stderr during long recordings.
     pub progress: bool,
+    /// How often to write a checkpoint into the trace.
+    pub checkpoints: CheckpointEvery,
 }
 
 /// A finished recording.
@@ -53,6 +57,7 @@ pub struct Recording {
     pub steps: u64,
     pub events: u64,
     pub duration: Duration,
+    pub checkpoints: CheckpointStats,
 }
 
 impl Recording {
@@ -91,9 +96,23 @@ pub fn record(
     };
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
     let trace_dir = writer.dir().to_path_buf();
+    let checkpoint_stats: CheckpointStats;
     let outcome = {
-        let mut driver = RecordingDriver::new(live, facts, &mut writer, stop, opts.progress);
-        machine.run_stepped(&mut driver, opts.time)
+        let mut driver = RecordingDriver::new(
+            live,
+            facts,
+            &mut writer,
+            stop,
+            opts.progress,
+            opts.checkpoints,
+        );
+        // The first checkpoint is a full one, so the dirty log needs no start.
+        let outcome = machine.run_stepped_with(&mut driver, opts.time, |m, d| {
+            d.take_checkpoint(m)?;
+            Ok(true)
+        });
+        checkpoint_stats = driver.checkpointer.stats;
+        outcome
     };
     let report = match outcome {
         Ok(report) => report,
@@ -151,5 +170,6 @@ pub fn record(
         steps: report.position,
         events: summary.event_count,
         duration: report.duration,
+        checkpoints: checkpoint_stats,
     })
 }

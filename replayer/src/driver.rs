@@ -33,7 +33,13 @@ pub enum StopCause {
     UserStop,
     /// The driver reached its target position.
     Target,
+    /// The watch predicate asked to stop (a breakpoint or watchpoint).
+    Watch,
 }
+
+/// A predicate evaluated at every fresh position (before anything happens there); true
+/// stops the replay at that position.
+pub type Watch = Box<dyn FnMut(Position, &Machine) -> bool>;
 
 pub struct ReplayDriver {
     reader: TraceReader,
@@ -47,6 +53,9 @@ pub struct ReplayDriver {
     target: Option<Position>,
     pub stop_cause: Option<StopCause>,
     last_regs: Option<RegSnapshot>,
+    watch: Option<Watch>,
+    /// Do not evaluate the watch at this position (the one a resumed run starts at).
+    watch_skip: Option<Position>,
 }
 
 impl ReplayDriver {
@@ -66,6 +75,8 @@ impl ReplayDriver {
             target: None,
             stop_cause: None,
             last_regs: None,
+            watch: None,
+            watch_skip: None,
         };
         d.fetch()?;
         Ok(d)
@@ -80,6 +91,46 @@ impl ReplayDriver {
         self.consumed
     }
 
+    /// Sets (or clears) the watch predicate; it is not evaluated at `skip` (where a
+    /// resumed run starts, so a breakpoint there does not stop it again at once).
+    pub fn set_watch(&mut self, watch: Option<Watch>, skip: Option<Position>) {
+        self.watch = watch;
+        self.watch_skip = skip;
+    }
+
+    /// Takes the watch predicate back.
+    pub fn take_watch(&mut self) -> Option<Watch> {
+        self.watch_skip = None;
+        self.watch.take()
+    }
+
+    /// Moves to event `cursor` of the trace (after a checkpoint restore at the position
+    /// whose first event that is).
+    pub fn reposition(&mut self, cursor: u64) -> Result<(), DriverError> {
+        self.reader.seek_event(cursor)?;
+        self.next = None;
+        self.ends_early = None;
+        self.consumed = cursor;
+        self.injecting = None;
+        self.stop_cause = None;
+        self.last_regs = None;
+        self.fetch()
+    }
+
+    /// The next event not yet replayed and its index.
+    pub fn next_event(&self) -> Option<(u64, &EventRecord)> {
+        self.next.as_ref().map(|(i, r)| (*i, r))
+    }
+
+    /// The trace's header.
+    pub fn header(&self) -> &ttvm_logs::TraceHeader {
+        self.reader.header()
+    }
+
+    /// The trace reader (for its checkpoints and counts).
+    pub fn reader(&self) -> &TraceReader {
+        &self.reader
+    }
     fn fetch(&mut self) -> Result<(), DriverError> {
         let index = self.reader.next_index();
         self.next = match self.reader.next_event() {
@@ -182,14 +233,24 @@ impl StepDriver for ReplayDriver {
         Ok(self.facts)
     }
 
-    fn boundary(&mut self, pos: Position, _m: &Machine) -> Result<Option<Stop>, DriverError> {
+    fn boundary(&mut self, pos: Position, m: &Machine) -> Result<Option<Stop>, DriverError> {
         if self.stop.load(Ordering::Relaxed) {
             self.stop_cause = Some(StopCause::UserStop);
             return Ok(Some(Stop::Interrupted));
         }
-        if self.target == Some(pos) {
-            self.stop_cause = Some(StopCause::Target);
-            return Ok(Some(Stop::Reached));
+        if m.at_fresh_position() {
+            if self.target == Some(pos) {
+                self.stop_cause = Some(StopCause::Target);
+                return Ok(Some(Stop::Reached));
+            }
+            if self.watch_skip != Some(pos) {
+                if let Some(watch) = self.watch.as_mut() {
+                    if watch(pos, m) {
+                        self.stop_cause = Some(StopCause::Watch);
+                        return Ok(Some(Stop::Reached));
+                    }
+                }
+            }
         }
         match &self.next {
             Some((_, rec)) if rec.position < pos => Err(self.diverge(

@@ -3,6 +3,8 @@
 
 pub mod divergence;
 pub mod driver;
+pub mod store;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -240,7 +242,7 @@ pub fn replay(
     })
 }
 
-fn driver_error(e: DriverError) -> ReplayError {
+pub(crate) fn driver_error(e: DriverError) -> ReplayError {
     match e {
         DriverError::Divergence(d) => ReplayError::Divergence(d),
         DriverError::Read(r) => ReplayError::Read(r),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ttvm_logs::TraceLocation;
+use ttvm_recorder::checkpoints::CheckpointEvery;
 use ttvm_recorder::{record, RecordOptions};
 use ttvm_vmm::elf_image::read_image_file;
 use ttvm_vmm::stepping::TimeConfig;
@@ -23,6 +24,10 @@ pub struct RecordArgs {
     /// Guest nanoseconds per step (virtual time rate).
     #[arg(long, value_name = "NS", default_value_t = TimeConfig::default().ns_per_step)]
     pub time_rate: u64,
+    /// Checkpoint spacing in the trace: positions (30000), seconds of recording (0.5s), or
+    /// `never`. Checkpoints let replay and gdb jump anywhere quickly.
+    #[arg(long, value_name = "N|SECSs|never", default_value = "30000")]
+    pub checkpoint_every: CheckpointEvery,
     /// Never print progress lines (by default they appear on a terminal's stderr).
     #[arg(long)]
     pub no_progress: bool,
@@ -66,6 +71,7 @@ pub fn record_image(
         image_name: image_name.to_string(),
         location,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
+        checkpoints: args.checkpoint_every,
     };
     let recording = record(
         opts,
@@ -77,9 +83,10 @@ pub fn record_image(
     let _ = std::io::stdout().flush();
     match &recording.end {
         Some(end) => eprintln!(
-            "ttvm: {end} ({} steps, {} events, {:.2} s)",
+            "ttvm: {end} ({} steps, {} events, {} checkpoints, {:.2} s)",
             recording.steps,
             recording.events,
+            recording.checkpoints.count,
             recording.duration.as_secs_f64()
         ),
         None => eprintln!(

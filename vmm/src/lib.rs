@@ -20,12 +20,15 @@ pub mod kvm_host;
 pub mod live;
 pub mod machine;
 pub mod memory;
+pub mod pages;
 pub mod paging;
 pub mod pmu_probe;
 pub mod run_loop;
+pub mod snapshot;
 pub mod step_probe;
 pub mod stepping;
 pub mod vcpu;
+pub mod vcpu_state;
 
 pub use end::{exit_code, RunEnd};
 pub use inputs::{HostInputs, RealHost, SerialPoll, SerialSource};

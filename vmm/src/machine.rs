@@ -172,6 +172,14 @@ impl Devices {
         }
     }
 
+    /// Puts every device back to `state`; the serial output keeps its destination.
+    pub fn restore_in_place(&mut self, state: &DevicesState) -> Result<(), SerialError> {
+        let placeholder = SerialDevice::new(Box::new(std::io::sink()));
+        let out = std::mem::replace(&mut self.serial, placeholder).into_output();
+        *self = Devices::restore(state, out)?;
+        Ok(())
+    }
+
     pub fn restore(state: &DevicesState, serial_out: SerialOutput) -> Result<Self, SerialError> {
         Ok(Devices {
             pic: PicPair::from_state(state.pic.clone()),
@@ -214,6 +222,12 @@ pub struct Machine {
     pub(crate) step_semantics: Option<crate::step_probe::StepSemantics>,
     pub(crate) pending_end: Option<RunEnd>,
     pub(crate) stats: RunStats,
+    /// The stepped run's state between calls of its loop (None before it begins).
+    pub(crate) stepped: Option<crate::stepping::SteppedState>,
+    /// Pages the VMM itself wrote since the last checkpoint (KVM's dirty log misses them).
+    pub(crate) vmm_dirty: std::collections::BTreeSet<u32>,
+    /// MSRs this KVM can save (probed on the first checkpoint).
+    pub(crate) saveable_msrs: Option<Vec<u32>>,
 }
 
 impl Machine {
@@ -237,7 +251,9 @@ impl Machine {
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(MachineError::SetTssAddr)?;
         let mem = memory::allocate(config.mem_bytes)?;
-        memory::register(&vm, &mem, false)?;
+        // Dirty logging for incremental checkpoints: it costs one write fault per page per
+        // checkpoint interval, and nothing when no checkpoint is taken.
+        memory::register(&vm, &mem, true)?;
         boot::load_image(&mem, image, &elf)?;
         boot::write_boot_info(&mem, config.mem_bytes, &config.cmdline)?;
 
@@ -277,6 +293,9 @@ impl Machine {
             step_semantics: None,
             pending_end: None,
             stats: RunStats::default(),
+            stepped: None,
+            vmm_dirty: Default::default(),
+            saveable_msrs: None,
         })
     }
 

@@ -181,8 +181,9 @@ impl StepClock {
     }
 }
 
-/// Per-run state of the loop.
-struct LoopState {
+/// Per-run state of the loop (saved in checkpoints: everything here is position state).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LoopState {
     clock: StepClock,
     halted: bool,
     /// This KVM drops single-step after each step: re-arm before every step.
@@ -194,9 +195,51 @@ struct LoopState {
     /// The position at which guest time last skipped ahead while halted.
     skipped_at: Option<Position>,
     /// Interrupt readiness known without a KVM exit (after emulation), else None.
-    ready_override: Option<bool>,
+    pub(crate) ready_override: Option<bool>,
     emulated: u64,
     tsc_base: u64,
+    /// The last position whose register snapshot went to the driver.
+    last_snapshot: Option<Position>,
+}
+
+/// The stepped run's state between two calls of the loop: the loop state plus the
+/// registers as of the current position.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct SteppedState {
+    pub(crate) st: LoopState,
+    pub(crate) regs: kvm_regs,
+    pub(crate) sregs: kvm_bindings::kvm_sregs,
+    /// Nothing has happened yet at this position (no driver question answered).
+    pub(crate) fresh: bool,
+    /// The run has ended; it cannot go on.
+    pub(crate) ended: bool,
+}
+
+impl SteppedState {
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.st.clock.now_ns()
+    }
+}
+
+impl std::fmt::Debug for SteppedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SteppedState")
+            .field("st", &self.st)
+            .field("rip", &format_args!("{:#x}", self.regs.rip))
+            .field("fresh", &self.fresh)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a call of `continue_stepped` left the machine.
+#[derive(Debug, Clone)]
+pub struct SteppedStop {
+    /// The guest's end (the run cannot continue), or None if the driver stopped it.
+    pub end: Option<RunEnd>,
+    pub stop: Option<Stop>,
+    pub position: Position,
+    /// Digest of registers, memory and devices, computed only when the guest ended.
+    pub final_digest: Option<u64>,
 }
 
 impl Machine {
@@ -206,7 +249,59 @@ impl Machine {
         driver: &mut D,
         time: TimeConfig,
     ) -> Result<SteppedReport, SteppedError<D::Error>> {
+        self.run_stepped_with(driver, time, |_, _| Ok(false))
+    }
+
+    /// `run_stepped`, where each `Stop::Reached` from the driver calls `on_reached` with the
+    /// machine at that (fresh) position: it returns true to go on (e.g. after taking a
+    /// checkpoint), false to end the run there.
+    pub fn run_stepped_with<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+        time: TimeConfig,
+        mut on_reached: impl FnMut(&mut Machine, &mut D) -> Result<bool, D::Error>,
+    ) -> Result<SteppedReport, SteppedError<D::Error>> {
         let started = Instant::now();
+        self.begin_stepped(driver, time)?;
+        let out = loop {
+            let out = self.continue_stepped(driver)?;
+            if out.end.is_none()
+                && out.stop == Some(Stop::Reached)
+                && on_reached(self, driver).map_err(SteppedError::Driver)?
+            {
+                continue;
+            }
+            break out;
+        };
+        let duration = started.elapsed();
+        let final_regs = self.stepped_regs().unwrap_or(RegSnapshot([0; 18]));
+        let final_digest = match out.final_digest {
+            Some(d) => d,
+            None => self.state_digest(&final_regs, out.position),
+        };
+        let (emulated, guest_ns) = self
+            .stepped
+            .as_ref()
+            .map(|s| (s.st.emulated, s.st.clock.now_ns()))
+            .unwrap_or_default();
+        Ok(SteppedReport {
+            end: out.end,
+            stop: out.stop,
+            position: out.position,
+            final_regs,
+            final_digest,
+            emulated,
+            duration,
+            guest_ns,
+        })
+    }
+
+    /// Boots the stepped run: position 0, nothing executed yet.
+    pub fn begin_stepped<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+        time: TimeConfig,
+    ) -> Result<(), SteppedError<D::Error>> {
         let facts = driver.boot().map_err(SteppedError::Driver)?;
         self.boot_wall_clock_ns = facts.wall_clock_ns;
         self.vcpu.enable_sync_regs();
@@ -215,31 +310,106 @@ impl Machine {
             .set_single_step(true)
             .map_err(MachineError::from)?;
         // The first exit has not happened yet: fetch registers once by ioctl.
-        let mut regs = self.vcpu.regs().map_err(MachineError::from)?;
-        let mut sregs = self.vcpu.sregs().map_err(MachineError::from)?;
-        let mut st = LoopState {
-            clock: StepClock {
-                ns_per_step: time.ns_per_step,
-                ..StepClock::default()
+        let regs = self.vcpu.regs().map_err(MachineError::from)?;
+        let sregs = self.vcpu.sregs().map_err(MachineError::from)?;
+        self.stepped = Some(SteppedState {
+            st: LoopState {
+                clock: StepClock {
+                    ns_per_step: time.ns_per_step,
+                    ..StepClock::default()
+                },
+                halted: false,
+                rearm: semantics.rearm_each_step,
+                handler_breakpoint: None,
+                skipped_at: None,
+                ready_override: Some(regs.rflags & RFLAGS_IF != 0),
+                emulated: 0,
+                tsc_base: facts.tsc_base,
+                last_snapshot: None,
             },
-            halted: false,
-            rearm: semantics.rearm_each_step,
-            handler_breakpoint: None,
-            skipped_at: None,
-            ready_override: Some(regs.rflags & RFLAGS_IF != 0),
-            emulated: 0,
-            tsc_base: facts.tsc_base,
+            regs,
+            sregs,
+            fresh: true,
+            ended: false,
+        });
+        self.position = 0;
+        self.now_ns = 0;
+        Ok(())
+    }
+
+    /// The registers of the stepped run at its current position.
+    pub fn stepped_regs(&self) -> Option<RegSnapshot> {
+        self.stepped
+            .as_ref()
+            .map(|s| RegSnapshot::from_regs(&s.regs))
+    }
+
+    /// The full general registers of the stepped run at its current position.
+    pub fn stepped_kvm_regs(&self) -> Option<&kvm_regs> {
+        self.stepped.as_ref().map(|s| &s.regs)
+    }
+
+    /// The special registers of the stepped run at its current position.
+    pub fn stepped_sregs(&self) -> Option<&kvm_bindings::kvm_sregs> {
+        self.stepped.as_ref().map(|s| &s.sregs)
+    }
+
+    /// Whether nothing has happened yet at the current position (the driver has not been
+    /// asked anything there): the only points where checkpoints are taken and seeks stop.
+    pub fn at_fresh_position(&self) -> bool {
+        self.stepped.as_ref().is_some_and(|s| s.fresh)
+    }
+
+    /// Whether the stepped run has ended (the guest exited, faulted or halted for good).
+    pub fn stepped_ended(&self) -> bool {
+        self.stepped.as_ref().is_some_and(|s| s.ended)
+    }
+
+    /// Continues the stepped run (after `begin_stepped` or a restore) until the guest ends
+    /// or the driver stops it. A stop from `boundary` at a fresh position leaves the
+    /// machine exactly before that position, to be continued or checkpointed.
+    pub fn continue_stepped<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+    ) -> Result<SteppedStop, SteppedError<D::Error>> {
+        let Some(saved) = self.stepped.clone() else {
+            return Err(MachineError::UnexpectedExit(
+                "continue_stepped before begin_stepped".to_string(),
+            )
+            .into());
         };
-        let mut last_snapshot = None;
+        if saved.ended {
+            return Ok(SteppedStop {
+                end: None,
+                stop: Some(Stop::Reached),
+                position: saved.st.clock.pos,
+                final_digest: None,
+            });
+        }
+        let SteppedState {
+            mut st,
+            mut regs,
+            mut sregs,
+            mut fresh,
+            ..
+        } = saved;
         let (end, stop) = loop {
             let pos = st.clock.pos;
             self.position = pos;
             self.now_ns = st.clock.now_ns();
+            self.stepped = Some(SteppedState {
+                st: st.clone(),
+                regs,
+                sregs,
+                fresh,
+                ended: false,
+            });
             if let Some(stop) = driver.boundary(pos, self).map_err(SteppedError::Driver)? {
                 break (None, Some(stop));
             }
-            if pos.is_multiple_of(DIGEST_INTERVAL) && last_snapshot != Some(pos) {
-                last_snapshot = Some(pos);
+            fresh = false;
+            if pos.is_multiple_of(DIGEST_INTERVAL) && st.last_snapshot != Some(pos) {
+                st.last_snapshot = Some(pos);
                 driver
                     .snapshot(pos, &RegSnapshot::from_regs(&regs))
                     .map_err(SteppedError::Driver)?;
@@ -319,6 +489,7 @@ impl Machine {
             };
             if let Some((emulated, len)) = next {
                 self.emulate(driver, &mut st, &mut regs, emulated, len)?;
+                fresh = true;
                 continue;
             }
             if st.rearm {
@@ -331,29 +502,36 @@ impl Machine {
                 None => {
                     st.clock.pos += 1;
                     st.ready_override = None;
+                    fresh = true;
                     regs = self.vcpu.synced_regs();
                     sregs = self.vcpu.synced_sregs();
                 }
             }
         };
-        self.position = st.clock.pos;
-        let duration = started.elapsed();
-        let final_regs = RegSnapshot::from_regs(&regs);
-        let final_digest = self.state_digest(&final_regs, st.clock.pos);
+        let pos = st.clock.pos;
+        self.position = pos;
+        let ended = end.is_some();
+        self.stepped = Some(SteppedState {
+            st,
+            regs,
+            sregs,
+            fresh: fresh && !ended,
+            ended,
+        });
+        let mut final_digest = None;
         if let Some(end) = &end {
+            let final_regs = RegSnapshot::from_regs(&regs);
+            let digest = self.state_digest(&final_regs, pos);
+            final_digest = Some(digest);
             driver
-                .end(st.clock.pos, end, &final_regs, final_digest)
+                .end(pos, end, &final_regs, digest)
                 .map_err(SteppedError::Driver)?;
         }
-        Ok(SteppedReport {
+        Ok(SteppedStop {
             end,
             stop,
-            position: st.clock.pos,
-            final_regs,
+            position: pos,
             final_digest,
-            emulated: st.emulated,
-            duration,
-            guest_ns: st.clock.now_ns(),
         })
     }
 

@@ -170,6 +170,11 @@ impl SerialDevice {
         })
     }
 
+    /// Gives back the output the device writes to (to rebuild it from another state).
+    pub fn into_output(self) -> SerialOutput {
+        self.uart.into_writer().out
+    }
+
     pub fn state(&self) -> SerialDeviceState {
         SerialDeviceState::from_superio(&self.uart.state(), self.hung_up)
     }
