@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod demo;
 pub mod doctor;
+pub mod goto;
 pub mod interrupt;
 pub mod record;
 pub mod replay;

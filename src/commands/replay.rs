@@ -30,10 +30,30 @@ pub struct ReplayArgs {
     /// Write the guest's serial output to FILE.
     #[arg(long, value_name = "FILE")]
     pub serial_out: Option<PathBuf>,
+    /// Go to position POS (through the nearest checkpoint), print the position, the next
+    /// event and the registers there, and stop. `end` goes to the end of the recording.
+    #[arg(long, value_name = "POS|end", value_parser = parse_goto)]
+    pub goto: Option<u64>,
+    /// Memory budget for the replayer's own checkpoints (e.g. 256M).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub checkpoint_mem: String,
+}
+
+/// `--goto`: a position, or `end` (the largest position: seeks stop at the end).
+fn parse_goto(s: &str) -> Result<u64, String> {
+    match s {
+        "end" => Ok(u64::MAX),
+        other => other
+            .parse()
+            .map_err(|_| format!("{other:?}: give a position (a number of steps) or `end`")),
+    }
 }
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
     let trace = resolve_trace(&default_trace_root()?, args.trace.as_deref())?;
+    if let Some(goto) = &args.goto {
+        return super::goto::run(args, &trace, *goto);
+    }
     let serial_out: SerialOutput = match &args.serial_out {
         Some(path) => Box::new(
             File::create(path)

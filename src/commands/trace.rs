@@ -41,9 +41,58 @@ pub struct DumpArgs {
     /// Print per-kind counts, sizes and chunk figures instead of events.
     #[arg(long)]
     pub stats: bool,
-    /// JSON output: one object per line for events, one document for --stats.
+    /// JSON output: one object per line for events (then a last line with the trace's
+    /// final position, event and checkpoint counts), one document for --stats.
     #[arg(long)]
     pub json: bool,
+    /// List the trace's checkpoints (id, position, size) instead of events.
+    #[arg(long, conflicts_with = "stats")]
+    pub checkpoints: bool,
+}
+
+/// The last line of `ttvm dump --json`.
+#[derive(serde::Serialize)]
+struct DumpSummary {
+    summary: bool,
+    complete: bool,
+    /// Steps in the recording (from the close record; None if the trace is incomplete).
+    final_position: Option<u64>,
+    events: u64,
+    checkpoints: usize,
+}
+
+fn print_checkpoints(reader: &TraceReader, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let list = reader.checkpoints()?;
+    if json {
+        for c in &list {
+            serde_json::to_writer(
+                &mut *out,
+                &serde_json::json!({"id": c.id.0, "position": c.position, "bytes": c.disk_size}),
+            )?;
+            writeln!(out)?;
+        }
+    } else if list.is_empty() {
+        writeln!(out, "no checkpoints (replay starts from the boot state)")?;
+    } else {
+        writeln!(out, "{:>6} {:>12} {:>10}", "id", "position", "size")?;
+        for c in &list {
+            writeln!(
+                out,
+                "{:>6} {:>12} {:>10}",
+                c.id.0,
+                c.position,
+                report::format_size(c.disk_size)
+            )?;
+        }
+        let total: u64 = list.iter().map(|c| c.disk_size).sum();
+        writeln!(
+            out,
+            "{} checkpoints, {}",
+            list.len(),
+            report::format_size(total)
+        )?;
+    }
+    Ok(())
 }
 
 /// Output errors on a closed pipe (`ttvm dump | head`) are not failures.
@@ -108,6 +157,15 @@ pub fn dump(args: &DumpArgs) -> anyhow::Result<i32> {
         json: args.json,
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
+    if args.checkpoints {
+        match print_checkpoints(&reader, args.json, &mut out).and_then(|_| Ok(out.flush()?)) {
+            Err(e)
+                if e.downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {}
+            other => other?,
+        }
+        return Ok(0);
+    }
     let mut error = None;
     finish_output((|| {
         if args.stats {
@@ -120,6 +178,21 @@ pub fn dump(args: &DumpArgs) -> anyhow::Result<i32> {
             }
         } else if let DumpEnd::Error(e) = report::dump_events(&mut reader, &opts, &mut out)? {
             error = Some(e);
+        } else if args.json && args.from.is_none() && args.to.is_none() {
+            let summary = DumpSummary {
+                summary: true,
+                complete: reader.is_complete(),
+                final_position: reader
+                    .header()
+                    .close
+                    .as_ref()
+                    .filter(|_| reader.is_complete())
+                    .map(|c| c.final_position),
+                events: reader.event_count(),
+                checkpoints: reader.checkpoints().map(|c| c.len()).unwrap_or(0),
+            };
+            serde_json::to_writer(&mut out, &summary).map_err(io::Error::other)?;
+            writeln!(out)?;
         }
         Ok(out.flush()?)
     })())?;
