@@ -24,6 +24,8 @@ enum Command {
     Record(commands::record::RecordArgs),
     /// Replay a trace exactly (default: the latest).
     Replay(commands::replay::ReplayArgs),
+    /// Debug a trace in gdb, forwards and backwards (like `rr replay`).
+    Debug(commands::debug::DebugArgs),
     /// Record and replay every bundled guest on this KVM and compare (conformance suite).
     Conformance(commands::conformance::ConformanceArgs),
     /// Check this host: KVM, single-step behaviour, PMU; which clocks will work.
@@ -44,6 +46,7 @@ fn main() {
         Command::Conformance(args) => commands::conformance::run(args),
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Replay(args) => commands::replay::run(args),
+        Command::Debug(args) => commands::debug::run(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),
     };

@@ -1,6 +1,7 @@
 //! One module per subcommand: each parses nothing itself (clap did), calls a library and
 //! returns the process exit code.
 pub mod conformance;
+pub mod debug;
 pub mod demo;
 pub mod doctor;
 pub mod goto;

@@ -34,6 +34,10 @@ pub struct ReplayArgs {
     /// event and the registers there, and stop. `end` goes to the end of the recording.
     #[arg(long, value_name = "POS|end", value_parser = parse_goto)]
     pub goto: Option<u64>,
+    /// Serve the replay to gdb on [ADDR:]PORT (address default 127.0.0.1) instead of
+    /// running it: `target remote` from gdb, forwards and backwards.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = super::debug::parse_listen)]
+    pub gdb: Option<std::net::SocketAddr>,
     /// Memory budget for the replayer's own checkpoints (e.g. 256M).
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub checkpoint_mem: String,
@@ -51,6 +55,14 @@ fn parse_goto(s: &str) -> Result<u64, String> {
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
     let trace = resolve_trace(&default_trace_root()?, args.trace.as_deref())?;
+    if let Some(listen) = args.gdb {
+        return super::debug::serve_replay(
+            &trace,
+            listen,
+            args.serial_out.as_deref(),
+            &args.checkpoint_mem,
+        );
+    }
     if let Some(goto) = &args.goto {
         return super::goto::run(args, &trace, *goto);
     }

@@ -351,6 +351,11 @@ impl Machine {
         &self.vm
     }
 
+    /// The x87/SSE state of the vCPU (for debuggers).
+    pub fn fpu(&self) -> Result<kvm_bindings::kvm_fpu, VcpuError> {
+        self.vcpu.fd().get_fpu().map_err(VcpuError::GetFpu)
+    }
+
     /// One guest port read (a byte-wide access; wider ones are split by the caller).
     pub(crate) fn pio_read(&mut self, port: u16, ctx: &mut DeviceCtx) -> u8 {
         match self.bus.lookup(port) {

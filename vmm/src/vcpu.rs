@@ -74,6 +74,8 @@ pub enum VcpuError {
     GetSregs(kvm_ioctls::Error),
     #[error("KVM_SET_SREGS failed: {0}")]
     SetSregs(kvm_ioctls::Error),
+    #[error("KVM_GET_FPU failed: {0}")]
+    GetFpu(kvm_ioctls::Error),
     #[error("KVM_SET_FPU failed: {0}")]
     SetFpu(kvm_ioctls::Error),
     #[error("KVM_SET_CPUID2 failed: {0}")]
