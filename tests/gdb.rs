@@ -433,3 +433,90 @@ fn garbage_second_clients_and_reconnects_are_handled() {
     let status = wait_with_deadline(server, "the server").status;
     assert_eq!(status.code(), Some(0), "the server ends after kill");
 }
+
+/// A gdb remote-protocol packet with its checksum.
+fn packet(body: &str) -> Vec<u8> {
+    let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    format!("${body}#{sum:02x}").into_bytes()
+}
+
+/// Reads from `s` until `want` appears (or the timeout passes); returns what was read.
+fn read_until(s: &mut TcpStream, want: &[&str]) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if want.iter().any(|w| text.contains(w)) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn ctrl_c_interrupts_a_long_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    // About 160,000 positions: a continue takes seconds.
+    let (trace, o) = record(tmp.path(), "long", "race", "race.hz=100 race.jitter=3000");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (server, addr) = start_server(&trace);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(&packet("QStartNoAckMode")).unwrap();
+    read_until(&mut s, &["OK"]);
+    s.write_all(b"+").unwrap();
+    s.write_all(&packet("vCont;c")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    s.write_all(b"\x03").unwrap();
+    let reply = read_until(&mut s, &["T02", "S02"]);
+    assert!(
+        reply.contains("T02") || reply.contains("S02"),
+        "SIGINT stop expected: {reply:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The replay stopped part-way: not at the end.
+    s.write_all(&packet("qRcmd,7768656e")).unwrap(); // "when"
+    let when = read_until(&mut s, &["OK"]);
+    s.write_all(&packet("vKill;1")).unwrap();
+    drop(s);
+    let status = wait_with_deadline(server, "the server").status;
+    assert_eq!(status.code(), Some(0));
+    // Console output comes as `$O<hex>#..` packets.
+    let text: String = when
+        .split("$O")
+        .skip(1)
+        .filter_map(|p| p.split('#').next())
+        .flat_map(|hex| {
+            (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .map(char::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let pos: u64 = text
+        .strip_prefix("position ")
+        .and_then(|t| t.split(';').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("monitor when: {text:?} ({when:?})"));
+    let end = ttvm_logs::TraceReader::open(&trace)
+        .unwrap()
+        .header()
+        .close
+        .as_ref()
+        .unwrap()
+        .final_position;
+    assert!(pos > 0 && pos < end, "stopped part-way: {pos} of {end}");
+}
