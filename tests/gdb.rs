@@ -520,3 +520,27 @@ fn ctrl_c_interrupts_a_long_continue() {
         .final_position;
     assert!(pos > 0 && pos < end, "stopped part-way: {pos} of {end}");
 }
+
+#[test]
+fn next_and_reverse_next_and_reverse_finish_follow_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = race_trace(tmp.path());
+    let out = debug(
+        &trace,
+        "break push_item\ncontinue\ndelete\nnext\nnext\necho ##N2##\\n\nframe\n\
+         reverse-next\necho ##RN##\\n\nframe\nreverse-next\nreverse-finish\necho ##RF##\\n\nframe\n",
+    );
+    let section = |mark: &str| -> String {
+        out.split(mark)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{mark} missing: {out}"))
+            .split("\n##")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert!(section("##N2##").contains("race.c:112"), "{out}");
+    assert!(section("##RN##").contains("race.c:111"), "{out}");
+    let rf = section("##RF##");
+    assert!(rf.contains("main (") && rf.contains("race.c:160"), "{out}");
+}
