@@ -94,8 +94,17 @@ fn break_on_a_function_then_backtrace_registers_and_globals() {
     let out = debug(
         &trace,
         "break push_item\ncontinue\nbt\ninfo registers rip\nprint shared.count\n\
-         print/x $pc == push_item\ninfo registers\n",
+         print/x $pc == push_item\ninfo registers\nx/2x 0x7fff00000000\n",
     );
+    // Unmapped memory is a gdb error (the batch script stops at it).
+    assert!(
+        out.contains("Cannot access memory at address 0x7fff00000000"),
+        "{out}"
+    );
+    // Writes are refused, with the reason.
+    let refused = debug(&trace, "set var shared.count = 7\n");
+    assert!(refused.contains("refusing to write memory"), "{refused}");
+    assert!(refused.contains("Cannot access memory"), "{refused}");
     assert!(out.contains("Breakpoint 1, push_item () at"), "{out}");
     assert!(out.contains("race.c:110"), "{out}");
     assert!(

@@ -151,7 +151,15 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
     let mut problems = Vec::new();
 
     let mut run_args = vec!["run"];
-    let mut rec_args = vec!["record", "--no-progress", "-o", &trace_s];
+    // Checkpoints every 1500 positions: the seek check below restores them.
+    let mut rec_args = vec![
+        "record",
+        "--no-progress",
+        "--checkpoint-every",
+        "1500",
+        "-o",
+        &trace_s,
+    ];
     if name == "echo" {
         run_args.extend(["--serial-in", &input_s]);
         rec_args.extend(["--serial-in", &input_s]);
@@ -230,6 +238,9 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
             )),
         }
     }
+    if let Err(e) = check_seek(work, name, &trace) {
+        problems.push(format!("seek: {e:#}"));
+    }
     Ok(GuestResult {
         guest: name.to_string(),
         run_status: run.status,
@@ -240,6 +251,39 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
         trace_bytes: dir_size(&trace),
         problems,
     })
+}
+
+/// `replay --goto` to the last register snapshot of the trace (through a checkpoint
+/// restore on this KVM) must show exactly the recorded registers.
+fn check_seek(work: &Path, name: &str, trace: &Path) -> anyhow::Result<()> {
+    let mut reader = TraceReader::open(trace)?;
+    let mut snapshot = None;
+    for rec in reader.events() {
+        let rec = rec?;
+        if let Event::Registers { regs } = rec.event {
+            snapshot = Some((rec.position, regs));
+        }
+    }
+    let (position, regs) = snapshot.context("the trace has no register snapshot")?;
+    let pos = position.to_string();
+    let trace_s = trace.to_string_lossy();
+    let out = work.join(format!("{name}.goto.out"));
+    let o = ttvm(&["replay", &trace_s, "--goto", &pos, "--json"], &out)?;
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim())
+        .with_context(|| format!("replay --goto {pos}: {} {}", o.stdout, o.stderr))?;
+    if v["position"] != position {
+        anyhow::bail!("--goto {pos} arrived at {}", v["position"]);
+    }
+    for (name, value) in ttvm_vmm::digest::REG_NAMES.iter().zip(regs.iter()) {
+        let want = format!("{value:#x}");
+        if v["registers"][name] != want.as_str() {
+            anyhow::bail!(
+                "--goto {pos}: {name} = {}, the recording has {want}",
+                v["registers"][name]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A trace from elsewhere must replay exactly or be refused up front, never diverge.
