@@ -111,6 +111,9 @@ pub enum ArchiveError {
     /// The directory to export, or the archived trace, has no valid header.
     #[error("not a readable trace: {0}")]
     Header(#[from] HeaderError),
+    /// The trace root's `latest-trace` link could not be updated.
+    #[error(transparent)]
+    Location(#[from] crate::location::LocationError),
 }
 
 impl ArchiveError {
@@ -520,11 +523,7 @@ pub fn import(archive: &Path, target: &ImportTarget) -> Result<ImportSummary, Ar
         let _ = fsutil::sync_dir(parent);
     }
     if let ImportTarget::InRoot(root) = target {
-        crate::location::update_latest(root, &dest).map_err(|e| ArchiveError::Io {
-            op: "update",
-            path: root.join(LATEST_LINK),
-            source: io::Error::other(e.to_string()),
-        })?;
+        crate::location::update_latest(root, &dest)?;
     }
     Ok(ImportSummary {
         dir: dest,

@@ -354,6 +354,137 @@ mod tests {
         assert_eq!(rates.last(), Some(&3200));
     }
 
+    /// The live host's answers, with serial input available from the start.
+    #[derive(Default)]
+    struct Host {
+        input: Vec<u8>,
+        idled: u32,
+    }
+
+    impl StepDriver for Host {
+        type Error = std::convert::Infallible;
+        fn boot(&mut self) -> Result<BootFacts, Self::Error> {
+            unreachable!()
+        }
+        fn boundary(&mut self, _: Position, _: &Machine) -> Result<Option<Stop>, Self::Error> {
+            Ok(None)
+        }
+        fn serial(&mut self, _: Position, room: usize) -> Result<SerialPoll, Self::Error> {
+            if self.input.is_empty() {
+                return Ok(SerialPoll::Nothing);
+            }
+            let n = room.min(self.input.len());
+            Ok(SerialPoll::Bytes(self.input.drain(..n).collect()))
+        }
+        fn inject_now(
+            &mut self,
+            _: Position,
+            p: bool,
+            r: bool,
+            _: bool,
+        ) -> Result<bool, Self::Error> {
+            Ok(p && r)
+        }
+        fn injected(&mut self, _: Position, _: u8) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn host_value(
+            &mut self,
+            _: Position,
+            _: HostValueKind,
+            v: u64,
+        ) -> Result<(u64, bool), Self::Error> {
+            Ok((v, true))
+        }
+        fn snapshot(&mut self, _: Position, _: &RegSnapshot) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn wait_for_input(&mut self, _: Position) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn idle(&mut self, _: Position, _: u64, _: bool) -> Result<bool, Self::Error> {
+            self.idled += 1;
+            Ok(false)
+        }
+        fn end(
+            &mut self,
+            _: Position,
+            _: &RunEnd,
+            _: &RegSnapshot,
+            _: u64,
+        ) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    fn chaos(seed: u64) -> ChaosDriver<Host> {
+        ChaosDriver::new(
+            Host::default(),
+            &ChaosPlan::new(seed, TimeConfig::default()),
+        )
+    }
+
+    #[test]
+    fn interrupts_are_delayed_within_the_bound_and_never_while_halted() {
+        let mut delays = Vec::new();
+        for seed in 0..200 {
+            let mut d = chaos(seed);
+            let Ok(at_once) = d.inject_now(1000, true, true, true);
+            assert!(at_once, "a halted guest takes a pending interrupt at once");
+            let Ok(()) = d.injected(1000, 0x20);
+            let mut pos = 2000;
+            while !matches!(d.inject_now(pos, true, true, false), Ok(true)) {
+                pos += 1;
+            }
+            delays.push(pos - 2000);
+            // Halting while delayed: delivered at once.
+            let Ok(()) = d.injected(pos, 0x20);
+            let Ok(first) = d.inject_now(5000, true, true, false);
+            let Ok(halted) = d.inject_now(5001, true, true, true);
+            assert!(first || halted);
+        }
+        assert!(delays.iter().all(|&d| d <= MAX_IRQ_DELAY_STEPS));
+        let delayed = delays.iter().filter(|&&d| d > 0).count();
+        assert!((60..140).contains(&delayed), "{delayed} of 200 delayed");
+        assert!(delays.iter().any(|&d| d > MAX_IRQ_DELAY_STEPS / 2));
+    }
+
+    #[test]
+    fn serial_input_comes_in_pieces_and_an_idle_guest_gets_it_at_once() {
+        let mut d = chaos(3);
+        d.inner.input = b"hello, world".to_vec();
+        let mut got = Vec::new();
+        let mut pos = 0;
+        while got.len() < 12 && pos < 100_000 {
+            if let Ok(SerialPoll::Bytes(b)) = d.serial(pos, 4) {
+                assert!(!b.is_empty() && b.len() <= 4);
+                got.extend(b);
+            }
+            pos += 1;
+        }
+        assert_eq!(got, b"hello, world");
+        assert!(d.stats().serial_pieces >= 3, "{:?}", d.stats());
+        assert!(pos > 3, "pieces are spread out");
+
+        // Input held back while the guest halts: the gate opens, nobody waits on the host.
+        let mut d = chaos(3);
+        d.inner.input = b"abc".to_vec();
+        d.serial_gate = 500;
+        assert_eq!(d.serial(10, 16), Ok(SerialPoll::Nothing));
+        assert_eq!(
+            d.idle(10, 1_000_000, false),
+            Ok(false),
+            "cannot receive: time moves"
+        );
+        assert_eq!(d.inner.idled, 1);
+        assert_eq!(d.idle(10, 1_000_000, true), Ok(true), "look again at once");
+        assert_eq!(d.inner.idled, 1);
+        assert!(matches!(d.serial(10, 16), Ok(SerialPoll::Bytes(_))));
+        d.serial_gate = 500;
+        assert_eq!(d.wait_for_input(20), Ok(()));
+        assert_eq!(d.serial_gate, 20);
+    }
+
     #[test]
     fn boot_facts_keep_the_whole_seconds() {
         let p = ChaosPlan::new(7, TimeConfig::default());
