@@ -162,6 +162,7 @@ fn record_trace(dir: &Path, cmdline: &str) -> (std::path::PathBuf, u64) {
                 ..MachineConfig::default()
             },
             time: TimeConfig::default(),
+            chaos: None,
             guest_name: "race".into(),
             image_name: "race.elf".into(),
             location: TraceLocation::Exact(trace.clone()),

@@ -48,6 +48,7 @@ fn main() {
                 ..MachineConfig::default()
             },
             time: TimeConfig::default(),
+            chaos: None,
             guest_name: "race".into(),
             image_name: "race.elf".into(),
             location: TraceLocation::Exact(trace.clone()),

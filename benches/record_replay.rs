@@ -59,6 +59,7 @@ fn measure(name: &str, cmdline: &str) -> Figures {
                 ..MachineConfig::default()
             },
             time: TimeConfig::default(),
+            chaos: None,
             guest_name: name.to_string(),
             image_name: format!("{name}.elf"),
             location: TraceLocation::Exact(dir.clone()),

@@ -34,6 +34,10 @@ enum Command {
     Ls(commands::trace::LsArgs),
     /// Print the events of a trace.
     Dump(commands::trace::DumpArgs),
+    /// Pack a trace into one checksummed file (for CI artifacts, other machines).
+    Export(commands::archive::ExportArgs),
+    /// Unpack a trace archive made by `ttvm export` (verified before anything is kept).
+    Import(commands::archive::ImportArgs),
 }
 
 fn main() {
@@ -49,6 +53,8 @@ fn main() {
         Command::Debug(args) => commands::debug::run(args),
         Command::Ls(args) => commands::trace::ls(args),
         Command::Dump(args) => commands::trace::dump(args),
+        Command::Export(args) => commands::archive::export(args),
+        Command::Import(args) => commands::archive::import(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

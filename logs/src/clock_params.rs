@@ -13,3 +13,7 @@ pub const WALL_CLOCK: &str = "boot_wall_clock_ns";
 pub const KVM_MODULE: &str = "kvm_module";
 /// Whether that KVM needed single-step re-armed before every step ("true"/"false").
 pub const STEP_REARM: &str = "step_rearm";
+/// Seed of a chaos recording (`ttvm record --chaos`), decimal; absent otherwise.
+pub const CHAOS_SEED: &str = "chaos_seed";
+/// What a chaos recording perturbed, for people (replay needs nothing of it).
+pub const CHAOS: &str = "chaos";

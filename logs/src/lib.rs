@@ -46,6 +46,7 @@
 //! }
 //! # Ok(()) }
 //! ```
+pub mod archive;
 pub mod checkpoint;
 pub mod chunk;
 pub mod clock_params;

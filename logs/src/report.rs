@@ -68,6 +68,8 @@ pub struct TraceListing {
     pub guest: Option<String>,
     /// Position clock name.
     pub clock: Option<String>,
+    /// The seed of a chaos recording.
+    pub chaos_seed: Option<u64>,
     /// Events readable.
     pub events: Option<u64>,
     /// Recording duration (complete traces).
@@ -106,6 +108,7 @@ pub fn describe_trace(dir: &Path) -> TraceListing {
         created_unix: None,
         guest: None,
         clock: None,
+        chaos_seed: None,
         events: None,
         duration_nanos: None,
         final_position: None,
@@ -126,6 +129,11 @@ pub fn describe_trace(dir: &Path) -> TraceListing {
     row.created_unix = Some(h.created.unix_seconds);
     row.guest = Some(h.guest_name.clone());
     row.clock = Some(h.clock.name.clone());
+    row.chaos_seed = h
+        .clock
+        .params
+        .get(crate::clock_params::CHAOS_SEED)
+        .and_then(|seed| seed.parse().ok());
     row.events = Some(reader.event_count());
     if let Some(close) = h.close.as_ref().filter(|_| reader.is_complete()) {
         row.duration_nanos = Some(close.duration_nanos);
@@ -220,7 +228,10 @@ pub fn write_listing_table(rows: &[TraceListing], out: &mut dyn Write) -> io::Re
                 r.name.clone(),
                 r.created.clone().unwrap_or_else(dash),
                 r.guest.clone().unwrap_or_else(dash),
-                r.clock.clone().unwrap_or_else(dash),
+                match (&r.clock, r.chaos_seed) {
+                    (Some(clock), Some(seed)) => format!("{clock} chaos:{seed}"),
+                    (clock, _) => clock.clone().unwrap_or_else(dash),
+                },
                 r.events.map_or_else(dash, |n| n.to_string()),
                 r.duration_nanos.map_or_else(dash, format_duration),
                 format_size(r.size_bytes),

@@ -1,6 +1,7 @@
 //! `ttvm-recorder`: runs the machine under the single-step clock against the real world
 //! and writes a trace: every nondeterministic input with the exact position it arrived at.
 
+pub mod chaos;
 pub mod checkpoints;
 pub mod convert;
 pub mod driver;
@@ -20,6 +21,7 @@ use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::stepping::{StepDriver, SteppedError, TimeConfig};
 use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd, SerialSource};
 
+use crate::chaos::{ChaosDriver, ChaosPlan};
 use crate::checkpoints::{CheckpointEvery, CheckpointStats};
 use crate::driver::RecordingDriver;
 
@@ -37,6 +39,8 @@ pub enum RecordError {
 pub struct RecordOptions {
     pub machine: MachineConfig,
     pub time: TimeConfig,
+    /// Chaos recording with this seed (see [`chaos`]); it overrides `time`'s rate.
+    pub chaos: Option<u64>,
     /// Name of the guest (trace directory `<name>-<n>`).
     pub guest_name: String,
     /// File name of the guest image, for the header.
@@ -58,6 +62,8 @@ pub struct Recording {
     pub events: u64,
     pub duration: Duration,
     pub checkpoints: CheckpointStats,
+    /// The chaos plan of a chaos recording.
+    pub chaos: Option<ChaosPlan>,
 }
 
 impl Recording {
@@ -80,9 +86,14 @@ pub fn record(
     let mut machine = Machine::new(opts.machine.clone(), image, serial_out)?;
     let mut live = LiveDriver::new(serial_in);
     let Ok(facts) = live.boot();
+    let plan = opts.chaos.map(|seed| ChaosPlan::new(seed, opts.time));
+    let (time, facts) = match &plan {
+        Some(plan) => (plan.time(), plan.boot_facts(facts)),
+        None => (opts.time, facts),
+    };
     let kvm_module = host_kvm::kvm_module();
     let semantics = machine.probe_step_semantics().map_err(MachineError::from)?;
-    let meta = TraceMeta {
+    let mut meta = TraceMeta {
         guest_name: opts.guest_name.clone(),
         ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
         machine: TraceMachine {
@@ -90,15 +101,19 @@ pub fn record(
             cmdline: opts.machine.cmdline.clone(),
             cpuid: convert::trace_cpuid(machine.cpuid()),
         },
-        clock: convert::singlestep_clock(opts.time, facts, &kvm_module, semantics),
+        clock: convert::singlestep_clock(time, facts, &kvm_module, semantics),
         host: HostInfo::detect(),
         guest_image_name: opts.image_name.clone(),
     };
+    if let Some(plan) = &plan {
+        plan.annotate(&mut meta.clock.params);
+    }
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
     let trace_dir = writer.dir().to_path_buf();
     let checkpoint_stats: CheckpointStats;
+    let mut chaos_stats = None;
     let outcome = {
-        let mut driver = RecordingDriver::new(
+        let driver = RecordingDriver::new(
             live,
             facts,
             &mut writer,
@@ -107,12 +122,27 @@ pub fn record(
             opts.checkpoints,
         );
         // The first checkpoint is a full one, so the dirty log needs no start.
-        let outcome = machine.run_stepped_with(&mut driver, opts.time, |m, d| {
-            d.take_checkpoint(m)?;
-            Ok(true)
-        });
-        checkpoint_stats = driver.checkpointer.stats;
-        outcome
+        match &plan {
+            Some(plan) => {
+                let mut chaos = ChaosDriver::new(driver, plan);
+                let outcome = machine.run_stepped_with(&mut chaos, time, |m, d| {
+                    d.inner_mut().take_checkpoint(m)?;
+                    Ok(true)
+                });
+                chaos_stats = Some(chaos.stats());
+                checkpoint_stats = chaos.inner_mut().checkpointer.stats;
+                outcome
+            }
+            None => {
+                let mut driver = driver;
+                let outcome = machine.run_stepped_with(&mut driver, time, |m, d| {
+                    d.take_checkpoint(m)?;
+                    Ok(true)
+                });
+                checkpoint_stats = driver.checkpointer.stats;
+                outcome
+            }
+        }
     };
     let report = match outcome {
         Ok(report) => report,
@@ -158,6 +188,9 @@ pub fn record(
     counters.insert("interrupts_injected".to_string(), stats.interrupts_injected);
     counters.insert("pio_exits".to_string(), stats.pio_exits);
     counters.insert("guest_ns".to_string(), report.guest_ns);
+    for (name, value) in chaos_stats.iter().flat_map(|s| s.counters()) {
+        counters.insert(name.to_string(), value);
+    }
     let summary = writer.finish(CloseInfo {
         end_reason,
         final_position: report.position,
@@ -171,5 +204,6 @@ pub fn record(
         events: summary.event_count,
         duration: report.duration,
         checkpoints: checkpoint_stats,
+        chaos: plan,
     })
 }

@@ -42,6 +42,7 @@ fn record_guest(dir: &Path, name: &str, every: CheckpointEvery) -> PathBuf {
         RecordOptions {
             machine: MachineConfig::default(),
             time: TimeConfig::default(),
+            chaos: None,
             guest_name: name.into(),
             image_name: format!("{name}.elf"),
             location: TraceLocation::Exact(trace.clone()),

@@ -12,6 +12,7 @@ use ttvm_vmm::stepping::TimeConfig;
 
 use super::interrupt::stop_flag;
 use super::run::MachineArgs;
+use super::until_fail::{self, ChaosArgs};
 
 /// `ttvm record [OPTIONS] GUEST`
 #[derive(Debug, Args)]
@@ -31,6 +32,8 @@ pub struct RecordArgs {
     /// Never print progress lines (by default they appear on a terminal's stderr).
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub chaos: ChaosArgs,
     /// The guest: a PVH ELF image.
     #[arg(value_name = "GUEST")]
     pub guest: PathBuf,
@@ -58,21 +61,15 @@ pub fn record_image(
     name: &str,
     image_name: &str,
 ) -> anyhow::Result<i32> {
+    if let Some(runs) = args.chaos.until_fail {
+        return until_fail::run(args, image, name, image_name, runs);
+    }
     let location = match &args.output {
         Some(dir) => TraceLocation::Exact(dir.clone()),
         None => TraceLocation::default_root()?,
     };
-    let opts = RecordOptions {
-        machine: args.machine.machine_config(),
-        time: TimeConfig {
-            ns_per_step: args.time_rate,
-        },
-        guest_name: name.to_string(),
-        image_name: image_name.to_string(),
-        location,
-        progress: !args.no_progress && std::io::stderr().is_terminal(),
-        checkpoints: args.checkpoint_every,
-    };
+    let seed = args.chaos.first_seed();
+    let opts = record_options(args, name, image_name, location, seed);
     let recording = record(
         opts,
         image,
@@ -81,6 +78,9 @@ pub fn record_image(
         stop_flag(),
     )?;
     let _ = std::io::stdout().flush();
+    if let Some(plan) = &recording.chaos {
+        eprintln!("ttvm: {}", plan.describe());
+    }
     match &recording.end {
         Some(end) => eprintln!(
             "ttvm: {end} ({} steps, {} events, {} checkpoints, {:.2} s)",
@@ -96,4 +96,26 @@ pub fn record_image(
     }
     eprintln!("ttvm: trace: {}", recording.trace_dir.display());
     Ok(recording.exit_code())
+}
+
+/// The recorder's options for `args`, a trace location and a chaos seed.
+pub fn record_options(
+    args: &RecordArgs,
+    name: &str,
+    image_name: &str,
+    location: TraceLocation,
+    chaos: Option<u64>,
+) -> RecordOptions {
+    RecordOptions {
+        machine: args.machine.machine_config(),
+        time: TimeConfig {
+            ns_per_step: args.time_rate,
+        },
+        chaos,
+        guest_name: name.to_string(),
+        image_name: image_name.to_string(),
+        location,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        checkpoints: args.checkpoint_every,
+    }
 }
