@@ -22,14 +22,16 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$BIN" conformance --keep "$work/local" > "$work/local.txt"
 mkdir "$work/in"
 strip -o "$work/in/ttvm.bin" "$BIN" && chmod -x "$work/in/ttvm.bin"
-for f in "$work/local/hello-trace"/*; do cp "$f" "$work/in/"; done
+# Its top-level files only (the run-in-svm tool copies flat files; the trace replays without
+# its checkpoints directory).
+for f in "$work/local/hello-trace"/*; do [ -f "$f" ] && cp "$f" "$work/in/"; done
 cat > "$work/in/svm.sh" <<'INNER'
 #!/bin/sh
 cd /bin/tests && chmod +x ttvm.bin && mkdir foreign
 for f in header.json events events.idx guest.zst complete incomplete; do [ -e "$f" ] && mv "$f" foreign/; done
 ./ttvm.bin conformance --keep /tmp/k --foreign-trace foreign; rc=$?
 if ./ttvm.bin doctor --help >/dev/null 2>&1; then ./ttvm.bin doctor || rc=1; fi
-for f in /tmp/k/hello-trace/*; do echo "@@FILE ${f##*/}"; base64 "$f"; echo "@@END"; done
+for f in /tmp/k/hello-trace/*; do [ -f "$f" ] || continue; echo "@@FILE ${f##*/}"; base64 "$f"; echo "@@END"; done
 exit $rc
 INNER
 chmod +x "$work/in/svm.sh"
