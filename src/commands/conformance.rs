@@ -79,21 +79,33 @@ fn ttvm(args: &[&str], serial_out: &Path) -> anyhow::Result<Outcome> {
         .stderr(std::fs::File::create(&err_path)?)
         .spawn()
         .context("cannot run ttvm")?;
+    let mut hang = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status.code();
         }
         if started.elapsed() > COMMAND_TIMEOUT {
+            hang = Some(where_stuck(child.id()));
             let _ = child.kill();
-            let _ = child.wait();
+            // A task stuck in the kernel may not die: never block on it.
+            let killed = Instant::now();
+            while killed.elapsed() < Duration::from_secs(10) {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if child.try_wait()?.is_none() {
+                hang = hang.map(|h| h + "\n(still alive 10 s after SIGKILL: stuck in the kernel)");
+            }
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    if status.is_none() {
+    if let Some(hang) = hang {
         stderr.push_str(&format!(
-            "\nttvm conformance: `ttvm {}` hung: killed after {} s",
+            "\nttvm conformance: `ttvm {}` hung: killed after {} s; where it was:\n{hang}",
             args.join(" "),
             COMMAND_TIMEOUT.as_secs()
         ));
@@ -105,6 +117,34 @@ fn ttvm(args: &[&str], serial_out: &Path) -> anyhow::Result<Outcome> {
         stderr,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What the kernel says about a hung process and its threads: state, wait channel, the
+/// system call in progress and the kernel stack (when readable), to tell a ttvm bug from a
+/// task stuck in KVM_RUN.
+fn where_stuck(pid: u32) -> String {
+    let mut out = String::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for task in tasks {
+        let read = |f: &str| std::fs::read_to_string(task.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("State: ?")
+            .to_string();
+        out.push_str(&format!(
+            "  task {}: {state}; wchan {}; syscall {}\n",
+            task.file_name().unwrap_or_default().to_string_lossy(),
+            read("wchan").trim(),
+            read("syscall").split_whitespace().next().unwrap_or("?"),
+        ));
+        for line in read("stack").lines().take(12) {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
 }
 
 /// The trace's final position and final digest.
@@ -388,4 +428,20 @@ fn print_report(r: &Report) {
             "conformance: FAIL"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_process_is_described_by_the_kernel() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        std::thread::sleep(Duration::from_millis(100));
+        let text = where_stuck(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(text.contains("State: S"), "{text}");
+        assert!(text.contains("wchan"), "{text}");
+    }
 }
