@@ -133,7 +133,9 @@ fn where_stuck(pid: u32) -> String {
             .lines()
             .find(|l| l.starts_with("State:"))
             .unwrap_or("State: ?")
-            .to_string();
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         out.push_str(&format!(
             "  task {}: {state}; wchan {}; syscall {}\n",
             task.file_name().unwrap_or_default().to_string_lossy(),
