@@ -9,16 +9,15 @@
 //!    checkpoint, at the start, middle and end of a short and a long trace (it must not
 //!    grow with trace length), and reverse-stepi (seek(p - 1)) after a seek.
 
+mod common;
+
 use std::io;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ttvm_logs::{CheckpointId, TraceLocation};
+use common::{record_guest, timeline};
+use ttvm_logs::CheckpointId;
 use ttvm_recorder::checkpoints::CheckpointEvery;
-use ttvm_recorder::{record, RecordOptions};
-use ttvm_replayer::timeline::{Timeline, TimelineOptions};
 use ttvm_vmm::digest::RegSnapshot;
 use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::snapshot::Snapshot;
@@ -153,39 +152,9 @@ fn checkpoint_costs() {
 }
 
 fn record_trace(dir: &Path, cmdline: &str) -> (std::path::PathBuf, u64) {
-    let image = ttvm_guests::elf_bytes("race").expect("guest");
     let trace = dir.join(cmdline.replace([' ', '='], "_"));
-    let rec = record(
-        RecordOptions {
-            machine: MachineConfig {
-                cmdline: cmdline.to_string(),
-                ..MachineConfig::default()
-            },
-            time: TimeConfig::default(),
-            chaos: None,
-            guest_name: "race".into(),
-            image_name: "race.elf".into(),
-            location: TraceLocation::Exact(trace.clone()),
-            progress: false,
-            checkpoints: CheckpointEvery::default(),
-        },
-        image,
-        Box::new(io::sink()),
-        SerialSource::None,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .expect("record");
+    let rec = record_guest("race", cmdline, &trace, CheckpointEvery::default());
     (trace, rec.steps)
-}
-
-fn timeline(trace: &Path) -> Timeline {
-    Timeline::open(
-        trace,
-        Box::new(io::sink()),
-        Arc::new(AtomicBool::new(false)),
-        TimelineOptions::default(),
-    )
-    .expect("timeline")
 }
 
 fn seek_latency() {

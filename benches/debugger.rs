@@ -9,58 +9,27 @@
 //! positions ahead. Hits are position probes, which cost what a breakpoint check costs.
 //! These are the timeline operations the gdb stub performs for those packets.
 
+mod common;
+
 use std::cell::RefCell;
-use std::io;
-use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ttvm_logs::TraceLocation;
-use ttvm_recorder::{record, RecordOptions};
-use ttvm_replayer::timeline::{Timeline, TimelineOptions};
-use ttvm_vmm::stepping::TimeConfig;
-use ttvm_vmm::{MachineConfig, SerialSource};
+use common::{record_guest, timeline};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn timeline(trace: &Path) -> Timeline {
-    Timeline::open(
-        trace,
-        Box::new(io::sink()),
-        Arc::new(AtomicBool::new(false)),
-        TimelineOptions::default(),
-    )
-    .expect("timeline")
-}
-
 fn main() {
     let tmp = tempfile::tempdir().expect("tmp");
     let trace = tmp.path().join("long");
-    let image = ttvm_guests::elf_bytes("race").expect("guest");
-    let rec = record(
-        RecordOptions {
-            machine: MachineConfig {
-                cmdline: "race.hz=100 race.jitter=5000".into(),
-                ..MachineConfig::default()
-            },
-            time: TimeConfig::default(),
-            chaos: None,
-            guest_name: "race".into(),
-            image_name: "race.elf".into(),
-            location: TraceLocation::Exact(trace.clone()),
-            progress: false,
-            checkpoints: Default::default(),
-        },
-        image,
-        Box::new(io::sink()),
-        SerialSource::None,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .expect("record");
+    let rec = record_guest(
+        "race",
+        "race.hz=100 race.jitter=5000",
+        &trace,
+        Default::default(),
+    );
     let steps = rec.steps;
     println!(
         "trace: {steps} positions, {} trace checkpoints",

@@ -81,6 +81,28 @@ fn debug(trace: &Path, script: &str) -> String {
     std::fs::read_to_string(&log_path).unwrap()
 }
 
+/// The text after `mark` (an echoed `##NAME##` line) up to the next mark.
+fn section(out: &str, mark: &str) -> String {
+    out.split(mark)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{mark} missing: {out}"))
+        .split("\n##")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The recording's length, from the trace's close record.
+fn final_position(trace: &Path) -> u64 {
+    ttvm_logs::TraceReader::open(trace)
+        .unwrap()
+        .header()
+        .close
+        .as_ref()
+        .expect("a closed trace")
+        .final_position
+}
+
 fn race_trace(dir: &Path) -> PathBuf {
     let (trace, o) = record(dir, "race", "race", "");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -241,13 +263,7 @@ fn the_ends_of_the_recording_are_reported() {
     // reverse-continue at the start, continue at the end, stepi at the end.
     assert_eq!(ends.len(), 3, "{out}");
     assert!(out.contains("position 0;"), "{out}");
-    let final_position = ttvm_logs::TraceReader::open(&trace)
-        .unwrap()
-        .header()
-        .close
-        .as_ref()
-        .unwrap()
-        .final_position;
+    let final_position = final_position(&trace);
     assert!(
         out.contains(&format!("position {final_position};")),
         "continue runs to the end, position {final_position}: {out}"
@@ -277,15 +293,7 @@ fn watchpoint_kinds_stop_at_the_right_instruction_both_ways() {
          delete\nrwatch consumed\nreverse-continue\necho ##R0##\\n\nx/i $pc\n\
          delete\nwatch consumed\ncontinue\nreverse-continue\necho ##W0##\\n\nx/i $pc\nprint consumed\n",
     );
-    let section = |mark: &str| -> String {
-        out.split(mark)
-            .nth(1)
-            .unwrap_or_else(|| panic!("{mark} missing: {out}"))
-            .split("\n##")
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let section = |mark: &str| section(&out, mark);
     let position = |s: &str| -> u64 {
         s.split("position ")
             .nth(1)
@@ -520,13 +528,7 @@ fn ctrl_c_interrupts_a_long_continue() {
         .and_then(|t| t.split(';').next())
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("monitor when: {text:?} ({when:?})"));
-    let end = ttvm_logs::TraceReader::open(&trace)
-        .unwrap()
-        .header()
-        .close
-        .as_ref()
-        .unwrap()
-        .final_position;
+    let end = final_position(&trace);
     assert!(pos > 0 && pos < end, "stopped part-way: {pos} of {end}");
 }
 
@@ -539,15 +541,7 @@ fn next_and_reverse_next_and_reverse_finish_follow_the_source() {
         "break push_item\ncontinue\ndelete\nnext\nnext\necho ##N2##\\n\nframe\n\
          reverse-next\necho ##RN##\\n\nframe\nreverse-next\nreverse-finish\necho ##RF##\\n\nframe\n",
     );
-    let section = |mark: &str| -> String {
-        out.split(mark)
-            .nth(1)
-            .unwrap_or_else(|| panic!("{mark} missing: {out}"))
-            .split("\n##")
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let section = |mark: &str| section(&out, mark);
     assert!(section("##N2##").contains("race.c:112"), "{out}");
     assert!(section("##RN##").contains("race.c:111"), "{out}");
     let rf = section("##RF##");

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use gdbstub::target::ext::breakpoints::WatchKind;
 use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use ttvm_vmm::paging::Mmu;
+use ttvm_vmm::paging::CodeAtRip;
 use ttvm_vmm::Machine;
 
 /// One watched range.
@@ -138,22 +138,8 @@ pub fn accesses(m: &Machine) -> Vec<Access> {
     let (Some(regs), Some(sregs)) = (m.stepped_kvm_regs(), m.stepped_sregs()) else {
         return Vec::new();
     };
-    let mmu = Mmu::from_sregs(sregs);
-    let bitness = if mmu.long_mode() && sregs.cs.l != 0 {
-        64
-    } else if sregs.cs.db != 0 {
-        32
-    } else {
-        16
-    };
-    let linear = if bitness == 64 {
-        regs.rip
-    } else {
-        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
-    };
-    let mut bytes = [0u8; 15];
-    let n = mmu.read_virt(m.memory(), linear, &mut bytes);
-    let mut decoder = Decoder::with_ip(bitness, &bytes[..n], regs.rip, DecoderOptions::NONE);
+    let code = CodeAtRip::fetch(m.memory(), regs, sregs);
+    let mut decoder = Decoder::with_ip(code.bitness, code.code(), regs.rip, DecoderOptions::NONE);
     let instr = decoder.decode();
     if instr.is_invalid() {
         return Vec::new();

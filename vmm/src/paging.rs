@@ -162,3 +162,49 @@ mod tests {
         assert_eq!(mmu.read_virt(&mem, 4 << 20, &mut buf), 0);
     }
 }
+
+/// The code bytes at a vCPU's RIP, as the CPU would fetch them in its current mode.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeAtRip {
+    /// 16, 32 or 64.
+    pub bitness: u32,
+    /// The linear address of RIP (CS base added outside 64-bit mode).
+    pub linear: u64,
+    pub bytes: [u8; 15],
+    /// How many of `bytes` could be read (fewer at the end of mapped memory).
+    pub len: usize,
+}
+
+impl CodeAtRip {
+    pub fn fetch(
+        mem: &GuestRam,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) -> CodeAtRip {
+        let mmu = Mmu::from_sregs(sregs);
+        let bitness = if mmu.long_mode() && sregs.cs.l != 0 {
+            64
+        } else if sregs.cs.db != 0 {
+            32
+        } else {
+            16
+        };
+        let linear = if bitness == 64 {
+            regs.rip
+        } else {
+            sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+        };
+        let mut bytes = [0u8; 15];
+        let len = mmu.read_virt(mem, linear, &mut bytes);
+        CodeAtRip {
+            bitness,
+            linear,
+            bytes,
+            len,
+        }
+    }
+
+    pub fn code(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}

@@ -30,7 +30,7 @@ use crate::digest::RegSnapshot;
 use crate::end::RunEnd;
 use crate::inputs::SerialPoll;
 use crate::machine::{Machine, MachineError};
-use crate::paging::Mmu;
+use crate::paging::{CodeAtRip, Mmu};
 use crate::vcpu::Exit;
 
 /// Steps since boot.
@@ -646,20 +646,8 @@ impl Machine {
         regs: &kvm_regs,
         sregs: &kvm_bindings::kvm_sregs,
     ) -> Option<(Emulated, u8)> {
-        let bitness = if mmu.long_mode() && sregs.cs.l != 0 {
-            64
-        } else if sregs.cs.db != 0 {
-            32
-        } else {
-            16
-        };
-        let linear = if bitness == 64 {
-            regs.rip
-        } else {
-            sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
-        };
-        let mut bytes = [0u8; 15];
-        let n = mmu.read_virt(&self.mem, linear, &mut bytes);
+        let code = CodeAtRip::fetch(&self.mem, regs, sregs);
+        let (bitness, linear, bytes, n) = (code.bitness, code.linear, code.bytes, code.len);
         if decode::is_sti(&bytes[..n]) {
             // STI's shadow hides the next instruction from single-step on real CPUs: if
             // that one must be emulated, emulate the STI too.
