@@ -365,9 +365,12 @@ fn start_server(trace: &Path) -> (Child, String) {
             }
         }
     };
-    // Keep draining stderr so the server never blocks on it.
+    // Keep draining stderr so the server never blocks on it; a failing test shows it.
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut err, &mut std::io::sink());
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("server: {line}");
+        }
     });
     (child, addr)
 }
@@ -467,8 +470,14 @@ fn read_until(s: &mut TcpStream, want: &[&str]) -> String {
             Ok(0) => break,
             Ok(n) => {
                 got.extend_from_slice(&buf[..n]);
+                // Done once a wanted text arrived with the rest of its packet (`#xx`).
                 let text = String::from_utf8_lossy(&got);
-                if want.iter().any(|w| text.contains(w)) {
+                let complete = want.iter().any(|w| {
+                    text.find(w)
+                        .and_then(|at| text[at..].find('#').map(|h| at + h))
+                        .is_some_and(|hash| text.len() >= hash + 3)
+                });
+                if complete {
                     break;
                 }
             }
@@ -507,7 +516,10 @@ fn ctrl_c_interrupts_a_long_continue() {
     // The replay stopped part-way: not at the end.
     s.write_all(&packet("qRcmd,7768656e")).unwrap(); // "when"
     let when = read_until(&mut s, &["OK"]);
+    // Like gdb, wait for the server's answer to the kill (here: it closes the connection)
+    // before closing; a client that closes at once can make the server see a broken pipe.
     s.write_all(&packet("vKill;1")).unwrap();
+    read_until(&mut s, &["OK"]);
     drop(s);
     let status = wait_with_deadline(server, "the server").status;
     assert_eq!(status.code(), Some(0));
