@@ -17,3 +17,11 @@ pub const STEP_REARM: &str = "step_rearm";
 pub const CHAOS_SEED: &str = "chaos_seed";
 /// What a chaos recording perturbed, for people (replay needs nothing of it).
 pub const CHAOS: &str = "chaos";
+/// `ClockInfo::name` of the performance-counter clock.
+pub const PMU_CLOCK: &str = "pmu";
+/// PMU clock: the CPU vendor string the counter's event belongs to.
+pub const PMU_VENDOR: &str = "pmu_vendor";
+/// PMU clock: the raw perf event code (PERF_TYPE_RAW config), hex.
+pub const PMU_EVENT: &str = "pmu_event";
+/// PMU clock: the skid margin in branches used when replaying.
+pub const PMU_SKID: &str = "pmu_skid";

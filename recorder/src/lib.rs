@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod checkpoints;
+pub mod clock_choice;
 pub mod convert;
 pub mod driver;
 

@@ -104,9 +104,45 @@ fn param<T: std::str::FromStr>(header: &TraceHeader, key: &str) -> Result<T, Rep
         })
 }
 
+/// Why a trace of the performance-counter clock cannot be replayed here: the counter's
+/// semantics (vendor, event) must be reproducible on this host first.
+fn pmu_refusal(header: &TraceHeader) -> String {
+    use clock_params::*;
+    let params = &header.clock.params;
+    let vendor = params
+        .get(PMU_VENDOR)
+        .map_or("an unknown vendor", String::as_str);
+    let event = params
+        .get(PMU_EVENT)
+        .map_or("an unknown event", String::as_str);
+    let recorded = format!("it was recorded with the pmu clock (event {event} on {vendor})");
+    let probe = ttvm_vmm::pmu::probe::probe();
+    match (&probe.event, &probe.error) {
+        (_, Some(why)) => {
+            format!("{recorded}, and this host cannot count guest branches: {why}")
+        }
+        (None, None) => format!("{recorded}, and this host's CPU has no known branch event"),
+        (Some(here), None) if here.vendor != vendor || format!("{:#x}", here.config) != event => {
+            format!(
+                "{recorded}, and this host counts {} on {}: branch counts of different events \
+                 or CPU vendors are not the same positions",
+                format_args!("{:#x}", here.config),
+                here.vendor
+            )
+        }
+        (Some(_), None) => format!(
+            "{recorded}; this host could count the same event, but this ttvm cannot replay \
+             pmu-clock traces yet"
+        ),
+    }
+}
+
 /// Checks that this host can reproduce the trace's clock; returns its time settings.
 pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), ReplayError> {
     use clock_params::*;
+    if header.clock.name == PMU_CLOCK {
+        return Err(ReplayError::Unsupported(pmu_refusal(header)));
+    }
     if header.clock.name != SINGLESTEP_CLOCK {
         return Err(ReplayError::Unsupported(format!(
             "it was recorded with the {:?} clock; this ttvm replays {SINGLESTEP_CLOCK:?} traces",

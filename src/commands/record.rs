@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ttvm_logs::TraceLocation;
 use ttvm_recorder::checkpoints::CheckpointEvery;
+use ttvm_recorder::clock_choice::{self, ClockChoice};
 use ttvm_recorder::{record, RecordOptions};
 use ttvm_vmm::elf_image::read_image_file;
 use ttvm_vmm::stepping::TimeConfig;
@@ -29,6 +30,10 @@ pub struct RecordArgs {
     /// `never`. Checkpoints let replay and gdb jump anywhere quickly.
     #[arg(long, value_name = "N|SECSs|never", default_value = "30000")]
     pub checkpoint_every: CheckpointEvery,
+    /// Position clock: `pmu` (hardware branch counter), `singlestep`, or `auto` (pmu when it
+    /// works here, else singlestep with a note saying why). `ttvm doctor` shows what works.
+    #[arg(long, value_name = "auto|pmu|singlestep", default_value = "auto")]
+    pub clock: ClockChoice,
     /// Never print progress lines (by default they appear on a terminal's stderr).
     #[arg(long)]
     pub no_progress: bool,
@@ -61,6 +66,10 @@ pub fn record_image(
     name: &str,
     image_name: &str,
 ) -> anyhow::Result<i32> {
+    let selection = clock_choice::select(args.clock, &ttvm_vmm::pmu::probe::probe())?;
+    if let Some(note) = &selection.note {
+        eprintln!("ttvm: note: {note}");
+    }
     if let Some(runs) = args.chaos.until_fail {
         return until_fail::run(args, image, name, image_name, runs);
     }

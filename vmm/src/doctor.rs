@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::kvm_host::{self, RUN_REQUIREMENTS};
-use crate::{host_kvm, pmu_probe, step_probe};
+use crate::pmu::{self, probe as pmu_probe};
+use crate::{host_kvm, step_probe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,15 +152,7 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
         ),
         Some(e) => check("pmu", Status::Warn, format!("{event}: {e}{paranoid}")),
     });
-    checks.push(check(
-        "pmu accuracy",
-        Status::Skip,
-        if pmu.available() {
-            "not measured: this ttvm has no performance-counter clock yet to run the guest loop with"
-        } else {
-            "not measured: no counter"
-        },
-    ));
+    checks.push(pmu_accuracy_check(kvm_path, &pmu));
     let clocks = vec![
         ClockVerdict {
             clock: "singlestep",
@@ -175,7 +168,7 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
             usable: false,
             why: match &pmu.error {
                 Some(e) => format!("no guest branch counter here ({e})"),
-                None => "the counter works here, but this ttvm version has no performance-counter clock yet".to_string(),
+                None => "the counter works here (see \"pmu accuracy\"), but this ttvm cannot record with it yet: its free-running record/replay loop is not built".to_string(),
             },
         },
     ];
@@ -190,6 +183,39 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
         checks,
         clocks,
         verdict,
+    }
+}
+
+/// Whether guest-only branch counting is exact here, and positions are reached again
+/// exactly through overflow + single-steps ([`pmu::selftest`]).
+fn pmu_accuracy_check(kvm_path: &Path, pmu: &pmu_probe::PmuProbe) -> Check {
+    let (Some(event), None) = (&pmu.event, &pmu.error) else {
+        return check("pmu accuracy", Status::Skip, "not measured: no counter");
+    };
+    let kvm = match kvm_host::open_kvm(kvm_path, &[]) {
+        Ok(kvm) => kvm,
+        Err(e) => return check("pmu accuracy", Status::Skip, format!("not measured: {e}")),
+    };
+    match pmu::selftest::run(&kvm, event, 16) {
+        Ok(r) if r.count_exact() => check(
+            "pmu accuracy",
+            Status::Ok,
+            format!(
+                "a loop guest retired {} conditional branches, counted {}; {} positions reached \
+                 again exactly (skid margin {})",
+                r.expected_branches, r.counted_branches, r.positions_checked, r.margin
+            ),
+        ),
+        Ok(r) => check(
+            "pmu accuracy",
+            Status::Fail,
+            format!(
+                "a loop guest retired {} conditional branches but the counter says {}: this \
+                 PMU (or its virtualization) does not count guest branches exactly",
+                r.expected_branches, r.counted_branches
+            ),
+        ),
+        Err(e) => check("pmu accuracy", Status::Fail, e.to_string()),
     }
 }
 

@@ -25,7 +25,7 @@ pub enum KickError {
     TimerSet(std::io::Error),
 }
 
-fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 2
 }
 
@@ -41,7 +41,7 @@ extern "C" fn on_kick(_signal: libc::c_int) {
     });
 }
 
-fn install_handler() -> Result<(), KickError> {
+pub(crate) fn install_handler() -> Result<(), KickError> {
     static RESULT: OnceLock<i32> = OnceLock::new();
     let errno = *RESULT.get_or_init(|| {
         // SAFETY: a zeroed sigaction with a valid handler and an empty mask is a valid

@@ -22,7 +22,7 @@ pub mod machine;
 pub mod memory;
 pub mod pages;
 pub mod paging;
-pub mod pmu_probe;
+pub mod pmu;
 pub mod run_loop;
 pub mod snapshot;
 pub mod step_probe;

@@ -56,7 +56,7 @@ pub fn branch_event() -> Option<BranchEvent> {
     })
 }
 
-fn explain(errno: i32) -> String {
+pub(crate) fn explain(errno: i32) -> String {
     let what = match errno {
         libc::ENOENT => "the kernel has no such hardware event: no PMU is exposed to this machine (usual inside a VM without a virtual PMU), or the CPU model is unknown to perf",
         libc::ENODEV => "no PMU can count this event here",

@@ -1,0 +1,129 @@
+//! The [`TickMachine`] of a real vCPU and the real branch counter, both on the calling
+//! thread. Single-step is re-armed before every step, which is correct on every KVM (see
+//! [`crate::step_probe`]).
+
+use kvm_bindings::kvm_regs;
+
+use super::perf::{PerfBranchCounter, PerfError};
+use super::{RunStop, StepStop, StopRegs, TickMachine};
+use crate::vcpu::{Exit, Vcpu, VcpuError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmTickError {
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Perf(#[from] PerfError),
+    #[error("single-step ended with {0:?} instead of a debug exit")]
+    UnexpectedStepExit(Box<Exit>),
+}
+
+/// A vCPU counted by a guest-only branch counter opened on this (the vCPU's) thread. The
+/// thread should also own a [`crate::kick::Kicker`] for the vCPU, so an overflow signal that
+/// arrives between two KVM_RUNs is not lost (it sets `immediate_exit`); without one, the
+/// count is also checked before every run.
+pub struct KvmTickMachine<'a> {
+    vcpu: &'a mut Vcpu,
+    counter: &'a PerfBranchCounter,
+    armed: Option<u64>,
+}
+
+impl<'a> KvmTickMachine<'a> {
+    pub fn new(vcpu: &'a mut Vcpu, counter: &'a PerfBranchCounter) -> Self {
+        KvmTickMachine {
+            vcpu,
+            counter,
+            armed: None,
+        }
+    }
+
+    fn reached_overflow(&self) -> Result<bool, PerfError> {
+        Ok(match self.armed {
+            Some(at) => self.counter.read()? >= at,
+            None => false,
+        })
+    }
+}
+
+/// The general registers, named as gdb names them.
+pub fn stop_regs(r: &kvm_regs) -> StopRegs {
+    StopRegs {
+        rip: r.rip,
+        rcx: r.rcx,
+        all: vec![
+            ("rax", r.rax),
+            ("rbx", r.rbx),
+            ("rcx", r.rcx),
+            ("rdx", r.rdx),
+            ("rsi", r.rsi),
+            ("rdi", r.rdi),
+            ("rbp", r.rbp),
+            ("rsp", r.rsp),
+            ("r8", r.r8),
+            ("r9", r.r9),
+            ("r10", r.r10),
+            ("r11", r.r11),
+            ("r12", r.r12),
+            ("r13", r.r13),
+            ("r14", r.r14),
+            ("r15", r.r15),
+            ("rip", r.rip),
+            ("eflags", r.rflags),
+        ],
+    }
+}
+
+impl TickMachine for KvmTickMachine<'_> {
+    type Exit = Exit;
+    type Error = KvmTickError;
+
+    fn ticks(&mut self) -> Result<u64, KvmTickError> {
+        Ok(self.counter.read()?)
+    }
+
+    fn arm_overflow(&mut self, at: u64) -> Result<(), KvmTickError> {
+        self.armed = Some(at);
+        Ok(self.counter.arm(at)?)
+    }
+
+    fn disarm_overflow(&mut self) -> Result<(), KvmTickError> {
+        self.armed = None;
+        Ok(self.counter.disarm()?)
+    }
+
+    fn run(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
+        self.vcpu.set_guest_debug(false, None)?;
+        loop {
+            if self.reached_overflow()? {
+                return Ok(RunStop::Overflow);
+            }
+            match self.vcpu.run()? {
+                Exit::Interrupted => {
+                    self.vcpu.set_immediate_exit(false);
+                    // Another kick (not ours) only ends this run early: go on.
+                }
+                exit => return Ok(RunStop::Exit(exit)),
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<StepStop<Exit>, KvmTickError> {
+        loop {
+            self.vcpu.set_guest_debug(true, None)?;
+            match self.vcpu.run()? {
+                Exit::Debug { .. } => return Ok(StepStop::Stepped),
+                Exit::Interrupted => self.vcpu.set_immediate_exit(false),
+                Exit::Hlt => return Ok(StepStop::Exit(Exit::Hlt)),
+                exit @ (Exit::IoIn { .. }
+                | Exit::IoOut { .. }
+                | Exit::MmioRead { .. }
+                | Exit::MmioWrite { .. }) => return Ok(StepStop::Exit(exit)),
+                other => return Err(KvmTickError::UnexpectedStepExit(Box::new(other))),
+            }
+        }
+    }
+
+    fn regs(&mut self) -> Result<StopRegs, KvmTickError> {
+        Ok(stop_regs(&self.vcpu.regs()?))
+    }
+}

@@ -1,0 +1,109 @@
+//! The performance-counter ("pmu") clock: positions are counts of retired conditional
+//! branches executed by the guest (rr's "ticks"), plus the registers that tell apart the
+//! instructions executed between two branches (RIP, and RCX for rep-string iterations).
+//!
+//! - [`probe`] asks the kernel whether such a counter opens here and explains its answer;
+//! - [`perf`] is the real counter: perf_event_open, guest-only, with an overflow that
+//!   interrupts KVM_RUN on the vCPU thread;
+//! - [`converge`] reaches an exact position: overflow a margin early (the counter's skid),
+//!   then single-step; it is a pure algorithm over [`TickMachine`], tested with a
+//!   simulated counter;
+//! - [`kvm`] is the [`TickMachine`] of a real vCPU with the real counter.
+//!
+//! Instructions-retired is not deterministic on x86 (interrupts, faults and string
+//! instructions are counted differently run to run) and is never used.
+
+pub mod converge;
+pub mod kvm;
+pub mod perf;
+pub mod probe;
+pub mod selftest;
+#[cfg(test)]
+mod sim;
+
+use serde::{Deserialize, Serialize};
+
+pub use converge::{converge, ConvergeError, Converged};
+pub use probe::BranchEvent;
+
+/// An exact execution position under the pmu clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickPosition {
+    /// Retired conditional branches since boot (guest mode only).
+    pub ticks: u64,
+    /// The next instruction.
+    pub rip: u64,
+    /// Tells apart iterations of a rep-string instruction (same ticks, same RIP).
+    pub rcx: u64,
+}
+
+impl std::fmt::Display for TickPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ticks {} rip {:#x} rcx {:#x}",
+            self.ticks, self.rip, self.rcx
+        )
+    }
+}
+
+/// Registers at a stop: the two that are part of a position, and all general registers
+/// for a readable diff when a replay overshoots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopRegs {
+    pub rip: u64,
+    pub rcx: u64,
+    pub all: Vec<(&'static str, u64)>,
+}
+
+/// Why a free run stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStop<E> {
+    /// The counter's overflow interrupted the vCPU (late by the skid).
+    Overflow,
+    /// The guest exited to the VMM (I/O, halt...): the caller handles it, then converges
+    /// again.
+    Exit(E),
+}
+
+/// Why a single step stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepStop<E> {
+    Stepped,
+    Exit(E),
+}
+
+/// A vCPU with a branch counter, as the convergence algorithm needs it.
+pub trait TickMachine {
+    /// A guest exit for the caller to handle.
+    type Exit;
+    type Error: std::error::Error + 'static;
+    /// The counter's current value.
+    fn ticks(&mut self) -> Result<u64, Self::Error>;
+    /// Interrupt the next free run once the counter reaches `at` (it may stop later).
+    fn arm_overflow(&mut self, at: u64) -> Result<(), Self::Error>;
+    fn disarm_overflow(&mut self) -> Result<(), Self::Error>;
+    /// Runs the guest freely until the overflow or an exit.
+    fn run(&mut self) -> Result<RunStop<Self::Exit>, Self::Error>;
+    /// Executes exactly one guest instruction (one rep-string iteration).
+    fn step(&mut self) -> Result<StepStop<Self::Exit>, Self::Error>;
+    fn regs(&mut self) -> Result<StopRegs, Self::Error>;
+}
+
+/// The skid allowance, in retired conditional branches: how long before a target the
+/// overflow is programmed. It must exceed the largest skid (how far past the overflow a
+/// CPU keeps executing before the interrupt stops it), since a run that stops at the
+/// target's ticks may already be past its RIP.
+///
+/// These margins are deliberately conservative and were not measured here (the project's
+/// hosts have no PMU); a pmu trace would record the margin in its header (`pmu_skid`).
+/// Intel cores deliver the PMI within a few dozen branches; AMD Zen's interrupt is known
+/// to come much later, so it and unknown CPUs get ten times the margin. The cost of a
+/// larger margin is only more single-steps per event (~margin x average instructions per
+/// branch).
+pub fn skid_margin(vendor: &str) -> u64 {
+    match vendor {
+        "GenuineIntel" => 100,
+        _ => 1000,
+    }
+}
