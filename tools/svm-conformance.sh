@@ -2,7 +2,10 @@
 # Conformance on KVM with real hardware-virtualization semantics (kvm_amd on an emulated AMD
 # CPU, via ../shared/tools/run-in-svm.sh), plus cross-host traces in both directions.
 #
-#   tools/svm-conformance.sh            # builds a static ttvm, runs everything, exit 0 = pass
+#   tools/svm-conformance.sh            # builds a static ttvm, runs everything
+#
+# Exit status: 0 pass; 1 a conformance failure (a mismatch, a refusal that did not happen);
+# 3 inconclusive (the SVM host hung or could not be set up, twice); 2 the tool is missing.
 #
 # Inside the SVM host: `ttvm conformance` (run, record, replay twice for every bundled guest;
 # serial bytes, exit status, final position and digest compared), `ttvm doctor` if present,
@@ -44,21 +47,32 @@ run_svm() {
   set -e
   grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" || true
 }
+# A hang inside the SVM host (a command killed by `ttvm conformance` as hung, or the whole run
+# timing out) has been seen twice, with the task stuck in the SVM host's kernel, never as a
+# wrong result: it makes the run inconclusive (exit 3), while a mismatch is a failure (exit 1).
+inconclusive() {
+  [ $svm_rc -eq 124 ] || [ $svm_rc -eq 125 ] || grep -q 'hung: killed after' "$work/svm.txt" "$work/svm.err"
+}
 run_svm
-if [ $svm_rc -ne 0 ] && [ "${SVM_RETRY:-1}" = 1 ] && [ $svm_rc -ne 124 ]; then
-  # One retry: a failure that does not repeat is reported loudly, not hidden. (Seen once:
-  # a command hung inside the SVM host while this machine was overloaded; not reproduced.)
+if [ $svm_rc -ne 0 ] && [ "${SVM_RETRY:-1}" = 1 ]; then
+  # One retry: a failure that does not repeat is reported loudly, not hidden.
   first=$(grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" | grep -E 'FAIL|hung|- ' | head -20)
   echo "svm-conformance: WARNING: attempt 1 failed inside the SVM host (exit $svm_rc):" >&2
   echo "$first" >&2
   tail -n 5 "$work/svm.err" >&2
   run_svm
-  if [ $svm_rc -ne 0 ]; then
-    echo "svm-conformance: FAIL inside the SVM host twice (exit $svm_rc)" >&2
-    tail -n 20 "$work/svm.err" >&2
-    exit 1
+  if [ $svm_rc -eq 0 ]; then
+    echo "svm-conformance: WARNING: passed on the second attempt; the first failure is printed above" >&2
   fi
-  echo "svm-conformance: WARNING: passed on the second attempt; the first failure is printed above" >&2
+fi
+if [ $svm_rc -ne 0 ]; then
+  tail -n 20 "$work/svm.err" >&2
+  if inconclusive; then
+    echo "svm-conformance: INCONCLUSIVE: the SVM host hung or could not be set up (exit $svm_rc); where it hung is printed above" >&2
+    exit 3
+  fi
+  echo "svm-conformance: FAIL inside the SVM host (exit $svm_rc)" >&2
+  exit 1
 fi
 
 # The trace recorded there, replayed here: it must be refused up front (or replay exactly).
