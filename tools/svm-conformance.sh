@@ -56,7 +56,7 @@ inconclusive() {
 run_svm
 if [ $svm_rc -ne 0 ] && [ "${SVM_RETRY:-1}" = 1 ]; then
   # One retry: a failure that does not repeat is reported loudly, not hidden.
-  first=$(grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" | grep -E 'FAIL|hung|- ' | head -20)
+  first=$(grep -v '^@@\|^[A-Za-z0-9+/=]*$' "$work/svm.txt" | grep -E 'FAIL|hung|- ' | head -20 || true)
   echo "svm-conformance: WARNING: attempt 1 failed inside the SVM host (exit $svm_rc):" >&2
   echo "$first" >&2
   tail -n 5 "$work/svm.err" >&2
