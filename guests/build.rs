@@ -1,6 +1,7 @@
 //! Builds the C/asm test guests with the machine's gcc (or `$CC`) into
 //! `$OUT_DIR/<name>.elf`: static ELF64 x86-64 images at physical 1 MiB,
-//! entered through the 32-bit PVH entry point of the shared runtime.
+//! entered through the 32-bit PVH entry point of the shared runtime, and
+//! static ELF32 i386 images (`c32/`) that stay in 32-bit protected mode.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,12 @@ use std::process::Command;
 /// `NAMES` in src/lib.rs (a unit test checks).
 const GUESTS: &[&str] = &["hello", "timer", "echo", "entropy", "crash", "race"];
 
+/// The 32-bit guests: `c32/<name>.c`, linked with `runtime32/`.
+const GUESTS32: &[&str] = &["hello32"];
+
 const RUNTIME_SOURCES: &[&str] = &["runtime/entry.S", "runtime/rt.c"];
+const RUNTIME32_SOURCES: &[&str] = &["runtime32/entry32.S"];
+const LINKER_SCRIPT32: &str = "guest32.ld";
 const RUNTIME_HEADERS: &[&str] = &["runtime/rt.h"];
 const LINKER_SCRIPT: &str = "guest.ld";
 
@@ -18,7 +24,6 @@ const LINKER_SCRIPT: &str = "guest.ld";
 /// instruction emulator does not handle; debug info and frame pointers so
 /// gdb shows readable backtraces and source lines.
 const CFLAGS: &[&str] = &[
-    "-m64",
     "-std=gnu11",
     "-O1",
     "-g",
@@ -53,7 +58,8 @@ fn main() {
     for f in RUNTIME_SOURCES
         .iter()
         .chain(RUNTIME_HEADERS)
-        .chain(&[LINKER_SCRIPT])
+        .chain(RUNTIME32_SOURCES)
+        .chain(&[LINKER_SCRIPT, LINKER_SCRIPT32])
     {
         println!("cargo:rerun-if-changed={}", manifest.join(f).display());
     }
@@ -63,18 +69,41 @@ fn main() {
         let src = manifest.join("c").join(format!("{name}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
         let elf = out.join(format!("{name}.elf"));
-        build_guest(&cc, &manifest, &runtime, &src, &elf);
+        build_guest(&cc, &manifest, &runtime, &src, &elf, Bits::B64);
+    }
+    let runtime32: Vec<PathBuf> = RUNTIME32_SOURCES.iter().map(|s| manifest.join(s)).collect();
+    for name in GUESTS32 {
+        let src = manifest.join("c32").join(format!("{name}.c"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        let elf = out.join(format!("{name}.elf"));
+        build_guest(&cc, &manifest, &runtime32, &src, &elf, Bits::B32);
     }
 }
 
-fn build_guest(cc: &str, manifest: &Path, runtime: &[PathBuf], src: &Path, elf: &Path) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bits {
+    B32,
+    B64,
+}
+
+fn build_guest(cc: &str, manifest: &Path, runtime: &[PathBuf], src: &Path, elf: &Path, bits: Bits) {
     let mut cmd = Command::new(cc);
-    cmd.args(CFLAGS)
+    let (mode, script) = match bits {
+        Bits::B64 => ("-m64", LINKER_SCRIPT),
+        Bits::B32 => ("-m32", LINKER_SCRIPT32),
+    };
+    // -mno-red-zone only means something in 64-bit code.
+    cmd.arg(mode)
+        .args(
+            CFLAGS
+                .iter()
+                .filter(|f| bits == Bits::B64 || **f != "-mno-red-zone"),
+        )
         .arg("-I")
         .arg(manifest.join("runtime"))
         .arg("-static")
         .arg("-T")
-        .arg(manifest.join(LINKER_SCRIPT))
+        .arg(manifest.join(script))
         .arg("-Wl,--build-id=none")
         .arg("-Wl,-z,noexecstack")
         .arg("-Wl,-z,max-page-size=4096")

@@ -559,3 +559,62 @@ fn next_and_reverse_next_and_reverse_finish_follow_the_source() {
     let rf = section("##RF##");
     assert!(rf.contains("main (") && rf.contains("race.c:160"), "{out}");
 }
+
+/// The line of `hello32.c` that holds `text`.
+fn hello32_line(text: &str) -> usize {
+    let src = std::fs::read_to_string(ttvm_guests::source_dir().join("c32/hello32.c")).unwrap();
+    src.lines()
+        .position(|l| l.contains(text))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{text:?} not in hello32.c"))
+}
+
+#[test]
+fn a_32_bit_guest_gets_i386_registers_breakpoints_and_reverse_watchpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (trace, o) = record(tmp.path(), "h32", "hello32", "");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = debug(
+        &trace,
+        "break visit\ncontinue\ncontinue\nbt\ninfo registers eip\nprint path[0]\nprint total\n\
+         watch total\ncontinue\necho ##BACK##\\n\nreverse-continue\necho ##REGS##\\n\n\
+         info registers\n",
+    );
+    // gdb accepted the description (no "not compatible", no 'g' packet size complaint).
+    assert!(!out.contains("not compatible"), "{out}");
+    assert!(!out.contains("packet reply is too long"), "{out}");
+    assert!(!out.contains("internal-error"), "{out}");
+    assert!(out.contains("Breakpoint 1, visit (k=1) at"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("#1 ") && l.contains("in main32")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("eip ") && l.contains("<visit>")),
+        "{out}"
+    );
+    assert!(out.contains("= {x = 0, y = 0}"), "{out}");
+    // Forward: the store of visit(1) changes total from 0 to 1.
+    let forward = section(&out, "##BACK##");
+    let before = out.split("##BACK##").next().unwrap();
+    assert!(before.contains("Old value = 0\nNew value = 1"), "{out}");
+    // Backward: reverse-continue stops at that store, on its source line.
+    assert!(forward.contains("Old value = 1\nNew value = 0"), "{out}");
+    let store = hello32_line("total += ");
+    assert!(
+        forward.contains(&format!("hello32.c:{store}")),
+        "expected line {store}: {forward}"
+    );
+    let regs = section(&out, "##REGS##");
+    for reg in [
+        "eax", "esp", "eip", "eflags", "cs", "fs_base", "cr0", "efer",
+    ] {
+        assert!(
+            regs.lines().any(|l| l.starts_with(reg) && l.contains("0x")),
+            "{reg} missing: {regs}"
+        );
+    }
+    assert!(!regs.contains("rax"), "{regs}");
+}

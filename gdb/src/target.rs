@@ -24,12 +24,15 @@ use gdbstub::target::ext::breakpoints::{
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineError};
 use ttvm_vmm::paging::Mmu;
 use ttvm_vmm::Machine;
 
-use crate::arch::{TtvmRegs, TtvmX86_64};
+use crate::arch::{target_xml, TtvmRegs, TtvmX86};
 use crate::watch::{Hit, StopPoints, Watchpoint};
 
 pub type StopReason = SingleThreadStopReason<u64>;
@@ -67,6 +70,24 @@ pub struct DebugTarget {
     resume: Option<Resume>,
     /// The gdb connection, polled for Ctrl-C during long forward runs.
     pub(crate) conn_fd: Option<RawFd>,
+    /// Registers in the x86-64 layout (ELF64 guest) or the i386 one (ELF32 guest).
+    wide: bool,
+    /// The target description gdb reads for that layout.
+    description: String,
+}
+
+/// Whether the trace's guest is an ELF64 image (gdb then expects x86-64 registers); an
+/// unreadable image counts as ELF64, the common case.
+fn guest_is_elf64(timeline: &Timeline) -> bool {
+    const ELFCLASS32: u8 = 1;
+    let image = ttvm_logs::TraceReader::open(timeline.trace_dir()).and_then(|r| r.guest_image());
+    match image {
+        Ok(image) => image.get(4) != Some(&ELFCLASS32),
+        Err(e) => {
+            tracing::warn!("cannot read the guest image to pick gdb's register layout: {e}");
+            true
+        }
+    }
 }
 
 fn readable(fd: RawFd) -> bool {
@@ -83,11 +104,14 @@ fn readable(fd: RawFd) -> bool {
 
 impl DebugTarget {
     pub fn new(timeline: Timeline) -> Self {
+        let wide = guest_is_elf64(&timeline);
         DebugTarget {
             timeline,
             points: StopPoints::default(),
             resume: None,
             conn_fd: None,
+            wide,
+            description: target_xml(wide),
         }
     }
 
@@ -249,7 +273,7 @@ impl DebugTarget {
 }
 
 impl Target for DebugTarget {
-    type Arch = TtvmX86_64;
+    type Arch = TtvmX86;
     type Error = GdbError;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -264,8 +288,33 @@ impl Target for DebugTarget {
         Some(self)
     }
 
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+
     fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
         true
+    }
+}
+
+impl TargetDescriptionXmlOverride for DebugTarget {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        if annex != b"target.xml" {
+            return Err(TargetError::NonFatal);
+        }
+        let xml = self.description.as_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(xml.len());
+        let n = length.min(buf.len()).min(xml.len() - start);
+        buf[..n].copy_from_slice(&xml[start..start + n]);
+        Ok(n)
     }
 }
 
@@ -275,6 +324,7 @@ impl SingleThreadBase for DebugTarget {
         let (Some(r), Some(s)) = (m.stepped_kvm_regs(), m.stepped_sregs()) else {
             return Err(TargetError::NonFatal);
         };
+        regs.wide = self.wide;
         regs.gprs = [
             r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11,
             r.r12, r.r13, r.r14, r.r15,

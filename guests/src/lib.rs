@@ -1,7 +1,8 @@
 //! Small PVH test guests for ttvm's VMM, built from C + asm by `build.rs`
 //! with the machine's gcc.
 //!
-//! Every guest is a static ELF64 x86-64 image linked at physical 1 MiB, with
+//! Every guest but `hello32` (ELF32 i386, see [`HELLO32`]) is a static ELF64
+//! x86-64 image linked at physical 1 MiB, with
 //! a `XEN_ELFNOTE_PHYS32_ENTRY` note (type 18, name "Xen") in a `PT_NOTE`
 //! segment naming its 32-bit entry point.  The shared runtime
 //! (`runtime/entry.S`, `runtime/rt.c`) switches to long mode, sets up COM1
@@ -31,7 +32,7 @@
 use std::path::PathBuf;
 
 /// Names of all guests, in build order.
-pub const NAMES: &[&str] = &[HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE];
+pub const NAMES: &[&str] = &[HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, HELLO32];
 
 /// `hello`: prints, then exits with status **0**:
 ///
@@ -119,6 +120,17 @@ pub const CRASH: &str = "crash";
 /// line shows the values used.
 pub const RACE: &str = "race";
 
+/// `hello32`: a static ELF32 i386 image that stays in 32-bit protected mode
+/// (no paging, no long mode; its own runtime in `runtime32/`, no IDT). It
+/// fills `path[k] = {k, k*k}` for k in 0..8 through `visit(k)`, adds the
+/// squares to `total`, prints, then exits with status **0**:
+///
+/// ```text
+/// hello32 from ttvm
+/// hello32: total 140
+/// ```
+pub const HELLO32: &str = "hello32";
+
 /// Path of a guest's ELF image in the build's `OUT_DIR`.
 pub fn elf_path(name: &str) -> Option<PathBuf> {
     NAMES
@@ -136,7 +148,7 @@ pub fn elf_bytes(name: &str) -> Option<&'static [u8]> {
             }
         };
     }
-    guests!("hello", "timer", "echo", "entropy", "crash", "race")
+    guests!("hello", "timer", "echo", "entropy", "crash", "race", "hello32")
 }
 
 /// Directory holding the guests' C/asm sources (`c/`, `runtime/`), as named
@@ -163,23 +175,48 @@ mod tests {
         u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
     }
 
+    fn is_elf64(elf: &[u8]) -> bool {
+        elf[4] == 2
+    }
+
     /// (p_type, p_offset, p_paddr, p_filesz, p_memsz, p_align) of each
-    /// program header.
+    /// program header, for ELF64 and ELF32.
     fn phdrs(elf: &[u8]) -> Vec<(u32, usize, u64, usize, u64, u64)> {
-        let phoff = u64_at(elf, 0x20) as usize;
-        let phentsize = u16_at(elf, 0x36) as usize;
-        let phnum = u16_at(elf, 0x38) as usize;
-        (0..phnum)
+        let wide = is_elf64(elf);
+        let word = |off: usize| {
+            if wide {
+                u64_at(elf, off)
+            } else {
+                u64::from(u32_at(elf, off))
+            }
+        };
+        let (phoff, phentsize, phnum) = if wide {
+            (word(0x20), u16_at(elf, 0x36), u16_at(elf, 0x38))
+        } else {
+            (word(0x1c), u16_at(elf, 0x2a), u16_at(elf, 0x2c))
+        };
+        (0..usize::from(phnum))
             .map(|i| {
-                let p = phoff + i * phentsize;
-                (
-                    u32_at(elf, p),
-                    u64_at(elf, p + 8) as usize,
-                    u64_at(elf, p + 24),
-                    u64_at(elf, p + 32) as usize,
-                    u64_at(elf, p + 40),
-                    u64_at(elf, p + 48),
-                )
+                let p = phoff as usize + i * usize::from(phentsize);
+                if wide {
+                    (
+                        u32_at(elf, p),
+                        word(p + 8) as usize,
+                        word(p + 24),
+                        word(p + 32) as usize,
+                        word(p + 40),
+                        word(p + 48),
+                    )
+                } else {
+                    (
+                        u32_at(elf, p),
+                        word(p + 4) as usize,
+                        word(p + 12),
+                        word(p + 16) as usize,
+                        word(p + 20),
+                        word(p + 28),
+                    )
+                }
             })
             .collect()
     }
@@ -222,14 +259,20 @@ mod tests {
     }
 
     #[test]
-    fn every_guest_is_elf64_x86_64_with_pvh_note() {
+    fn every_guest_is_an_x86_elf_with_pvh_note() {
         for name in NAMES {
             let elf = elf_bytes(name).unwrap();
             assert_eq!(&elf[..4], b"\x7fELF", "{name}: not ELF");
-            assert_eq!(elf[4], 2, "{name}: not ELF64");
+            // ELF32 i386 for the `*32` guests, ELF64 x86-64 for the others.
+            let (class, machine) = if name.ends_with("32") {
+                (1, 3)
+            } else {
+                (2, 62)
+            };
+            assert_eq!(elf[4], class, "{name}: wrong ELF class");
             assert_eq!(elf[5], 1, "{name}: not little-endian");
             assert_eq!(u16_at(elf, 0x10), 2, "{name}: not ET_EXEC");
-            assert_eq!(u16_at(elf, 0x12), 62, "{name}: not x86-64");
+            assert_eq!(u16_at(elf, 0x12), machine, "{name}: wrong machine");
             let entry = pvh_entry(elf).unwrap_or_else(|| panic!("{name}: no PVH note"));
             // The entry lies in a loaded segment at or above 1 MiB.
             let loads: Vec<_> = phdrs(elf).into_iter().filter(|p| p.0 == PT_LOAD).collect();
@@ -244,11 +287,12 @@ mod tests {
                 }),
                 "{name}: PVH entry {entry:#x} not in a loaded segment"
             );
-            assert_eq!(
-                u64::from(entry),
-                u64_at(elf, 0x18),
-                "{name}: e_entry != PVH entry"
-            );
+            let e_entry = if is_elf64(elf) {
+                u64_at(elf, 0x18)
+            } else {
+                u64::from(u32_at(elf, 0x18))
+            };
+            assert_eq!(u64::from(entry), e_entry, "{name}: e_entry != PVH entry");
         }
     }
 
@@ -263,8 +307,10 @@ mod tests {
     #[test]
     fn sources_are_found() {
         for name in NAMES {
-            assert!(source_dir().join("c").join(format!("{name}.c")).is_file());
+            let dir = if name.ends_with("32") { "c32" } else { "c" };
+            assert!(source_dir().join(dir).join(format!("{name}.c")).is_file());
         }
         assert!(source_dir().join("runtime/rt.c").is_file());
+        assert!(source_dir().join("runtime32/entry32.S").is_file());
     }
 }
