@@ -24,6 +24,19 @@ fn doctor_reports_clocks_and_the_pmu_with_reasons() {
         let detail = pmu_check["detail"].as_str().unwrap();
         assert!(detail.contains("perf_event_open"), "{detail}");
     }
+    // The pmu clock's convergence runs on this KVM with the software counter, PMU or not.
+    let convergence = checks
+        .iter()
+        .find(|c| c["name"] == "pmu convergence (software counter)")
+        .unwrap();
+    assert_eq!(convergence["status"], "ok", "{convergence}");
+    assert!(
+        convergence["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(3000 branches) reached exactly"),
+        "{convergence}"
+    );
     assert_eq!(d["kvm_module"], ttvm_vmm::host_kvm::kvm_module());
     for name in [
         "kvm device",

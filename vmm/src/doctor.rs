@@ -153,6 +153,7 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
         Some(e) => check("pmu", Status::Warn, format!("{event}: {e}{paranoid}")),
     });
     checks.push(pmu_accuracy_check(kvm_path, &pmu));
+    checks.push(emulated_convergence_check(kvm_path));
     let clocks = vec![
         ClockVerdict {
             clock: "singlestep",
@@ -216,6 +217,41 @@ fn pmu_accuracy_check(kvm_path: &Path, pmu: &pmu_probe::PmuProbe) -> Check {
             ),
         ),
         Err(e) => check("pmu accuracy", Status::Fail, e.to_string()),
+    }
+}
+
+/// The pmu clock's convergence (overflow a margin early, then single-steps) on this KVM,
+/// with a software branch counter in place of the PMU: it checks that this KVM's stepping
+/// lets positions be reached exactly, whatever the PMU.
+fn emulated_convergence_check(kvm_path: &Path) -> Check {
+    const NAME: &str = "pmu convergence (software counter)";
+    let kvm = match kvm_host::open_kvm(kvm_path, &[]) {
+        Ok(kvm) => kvm,
+        Err(e) => return check(NAME, Status::Skip, format!("not run: {e}")),
+    };
+    let maker = pmu::selftest::EmulatedMaker {
+        max_skid: 20,
+        seed: std::cell::Cell::new(0x5eed),
+    };
+    match pmu::selftest::run_with(&kvm, &maker, 8) {
+        Ok(r) if r.count_exact() => check(
+            NAME,
+            Status::Ok,
+            format!(
+                "{} positions of a loop guest ({} branches) reached exactly with overflows up \
+                 to 20 branches late",
+                r.positions_checked, r.counted_branches
+            ),
+        ),
+        Ok(r) => check(
+            NAME,
+            Status::Fail,
+            format!(
+                "the software counter saw {} branches, expected {}",
+                r.counted_branches, r.expected_branches
+            ),
+        ),
+        Err(e) => check(NAME, Status::Fail, e.to_string()),
     }
 }
 

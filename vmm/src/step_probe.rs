@@ -51,7 +51,7 @@ const PROBE_RAM: usize = 0x2000;
 pub struct ScratchVm {
     pub vcpu: Vcpu,
     _vm: kvm_ioctls::VmFd,
-    _mem: GuestMemoryMmap,
+    pub mem: GuestMemoryMmap,
 }
 
 impl ScratchVm {
@@ -85,11 +85,7 @@ impl ScratchVm {
         regs.rip = CODE;
         regs.rflags = 0x2;
         vcpu.set_regs(&regs)?;
-        Ok(ScratchVm {
-            vcpu,
-            _vm: vm,
-            _mem: mem,
-        })
+        Ok(ScratchVm { vcpu, _vm: vm, mem })
     }
 }
 
@@ -153,7 +149,7 @@ pub fn probe_cpl3(kvm: &Kvm) -> Result<Result<(), String>, ProbeError> {
     };
     // Page directory at 0: entry 0 maps 0-4 MiB, present, writable, user, 4 MiB page.
     scratch
-        ._mem
+        .mem
         .write_obj(0x87u32, GuestAddress(0))
         .map_err(|e| ProbeError::Memory(e.to_string()))?;
     let vcpu = &mut scratch.vcpu;

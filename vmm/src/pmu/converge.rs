@@ -60,7 +60,7 @@ fn at_target(ticks: u64, regs: &StopRegs, target: &TickPosition) -> bool {
 /// exceed the largest skid, since the run may also go on past the last counted branch
 /// (a run that stops at the target's ticks may already be past its RIP). `max_steps`
 /// bounds the single-stepping once the ticks are within the margin.
-pub fn converge<M: TickMachine>(
+pub fn converge<M: TickMachine + ?Sized>(
     m: &mut M,
     target: &TickPosition,
     margin: u64,

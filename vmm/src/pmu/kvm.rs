@@ -16,6 +16,8 @@ pub enum KvmTickError {
     Perf(#[from] PerfError),
     #[error("single-step ended with {0:?} instead of a debug exit")]
     UnexpectedStepExit(Box<Exit>),
+    #[error("the instruction at {rip:#x} cannot be fetched or decoded")]
+    Decode { rip: u64 },
 }
 
 /// A vCPU counted by a guest-only branch counter opened on this (the vCPU's) thread. The
@@ -24,12 +26,12 @@ pub enum KvmTickError {
 /// count is also checked before every run.
 pub struct KvmTickMachine<'a> {
     vcpu: &'a mut Vcpu,
-    counter: &'a PerfBranchCounter,
+    counter: PerfBranchCounter,
     armed: Option<u64>,
 }
 
 impl<'a> KvmTickMachine<'a> {
-    pub fn new(vcpu: &'a mut Vcpu, counter: &'a PerfBranchCounter) -> Self {
+    pub fn new(vcpu: &'a mut Vcpu, counter: PerfBranchCounter) -> Self {
         KvmTickMachine {
             vcpu,
             counter,
@@ -42,6 +44,24 @@ impl<'a> KvmTickMachine<'a> {
             Some(at) => self.counter.read()? >= at,
             None => false,
         })
+    }
+}
+
+/// Executes exactly one guest instruction (re-arming single-step first, as every KVM
+/// needs); I/O, MMIO and HLT exits on the way are handed back.
+pub(crate) fn single_step(vcpu: &mut Vcpu) -> Result<StepStop<Exit>, KvmTickError> {
+    loop {
+        vcpu.set_guest_debug(true, None)?;
+        match vcpu.run()? {
+            Exit::Debug { .. } => return Ok(StepStop::Stepped),
+            Exit::Interrupted => vcpu.set_immediate_exit(false),
+            Exit::Hlt => return Ok(StepStop::Exit(Exit::Hlt)),
+            exit @ (Exit::IoIn { .. }
+            | Exit::IoOut { .. }
+            | Exit::MmioRead { .. }
+            | Exit::MmioWrite { .. }) => return Ok(StepStop::Exit(exit)),
+            other => return Err(KvmTickError::UnexpectedStepExit(Box::new(other))),
+        }
     }
 }
 
@@ -108,19 +128,7 @@ impl TickMachine for KvmTickMachine<'_> {
     }
 
     fn step(&mut self) -> Result<StepStop<Exit>, KvmTickError> {
-        loop {
-            self.vcpu.set_guest_debug(true, None)?;
-            match self.vcpu.run()? {
-                Exit::Debug { .. } => return Ok(StepStop::Stepped),
-                Exit::Interrupted => self.vcpu.set_immediate_exit(false),
-                Exit::Hlt => return Ok(StepStop::Exit(Exit::Hlt)),
-                exit @ (Exit::IoIn { .. }
-                | Exit::IoOut { .. }
-                | Exit::MmioRead { .. }
-                | Exit::MmioWrite { .. }) => return Ok(StepStop::Exit(exit)),
-                other => return Err(KvmTickError::UnexpectedStepExit(Box::new(other))),
-            }
-        }
+        single_step(self.vcpu)
     }
 
     fn regs(&mut self) -> Result<StopRegs, KvmTickError> {

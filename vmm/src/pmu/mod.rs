@@ -14,6 +14,7 @@
 //! instructions are counted differently run to run) and is never used.
 
 pub mod converge;
+pub mod emulated;
 pub mod kvm;
 pub mod perf;
 pub mod probe;

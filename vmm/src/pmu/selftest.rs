@@ -7,12 +7,14 @@
 use kvm_ioctls::Kvm;
 
 use super::converge::{converge, ConvergeError, Converged};
-use super::kvm::{stop_regs, KvmTickError, KvmTickMachine};
+use super::emulated::EmulatedTickMachine;
+use super::kvm::{KvmTickError, KvmTickMachine};
 use super::perf::{PerfBranchCounter, PerfError};
 use super::probe::BranchEvent;
-use super::{skid_margin, TickMachine, TickPosition};
+use super::{skid_margin, RunStop, StepStop, StopRegs, TickMachine, TickPosition};
+use crate::memory::GuestRam;
 use crate::step_probe::{ProbeError, ScratchVm};
-use crate::vcpu::{Exit, VcpuError};
+use crate::vcpu::{Exit, Vcpu, VcpuError};
 
 /// Real-mode program: mov cx,2000; l1: dec cx; jnz l1; mov cx,5; mov si,0x1800;
 /// mov di,0x1900; rep movsb; mov cx,1000; l2: dec cx; jnz l2; out 0x80,al; hlt.
@@ -35,6 +37,10 @@ pub enum SelftestError {
     Converge(#[from] ConvergeError<KvmTickError>),
     #[error("the loop guest ended with {0:?} instead of its `out`")]
     Unexpected(Box<Exit>),
+    #[error("the counter overflowed during a run that had no overflow armed")]
+    SpuriousOverflow,
+    #[error(transparent)]
+    Machine(#[from] KvmTickError),
     #[error("reached position {position} but the registers differ from the recorded ones: {diff}")]
     RegistersDiffer {
         position: TickPosition,
@@ -58,74 +64,143 @@ impl SelftestReport {
     }
 }
 
+/// A vCPU with a branch counter as the self-test needs it.
+pub type BoxedTickMachine<'a> = Box<dyn TickMachine<Exit = Exit, Error = KvmTickError> + 'a>;
+
+/// Makes the counted machine of a fresh scratch VM: the real counter, or the emulated one.
+pub trait MachineMaker {
+    fn make<'a>(
+        &self,
+        vcpu: &'a mut Vcpu,
+        mem: &'a GuestRam,
+    ) -> Result<BoxedTickMachine<'a>, SelftestError>;
+    /// The skid margin convergence uses with this counter.
+    fn margin(&self) -> u64;
+}
+
+/// The host's PMU counting `event`.
+pub struct PerfMaker(pub BranchEvent);
+
+impl MachineMaker for PerfMaker {
+    fn make<'a>(
+        &self,
+        vcpu: &'a mut Vcpu,
+        _mem: &'a GuestRam,
+    ) -> Result<BoxedTickMachine<'a>, SelftestError> {
+        let counter = PerfBranchCounter::open(&self.0)?;
+        Ok(Box::new(KvmTickMachine::new(vcpu, counter)))
+    }
+
+    fn margin(&self) -> u64 {
+        skid_margin(&self.0.vendor)
+    }
+}
+
+/// The software counter ([`EmulatedTickMachine`]), overflowing up to `max_skid` late.
+pub struct EmulatedMaker {
+    pub max_skid: u64,
+    pub seed: std::cell::Cell<u64>,
+}
+
+impl MachineMaker for EmulatedMaker {
+    fn make<'a>(
+        &self,
+        vcpu: &'a mut Vcpu,
+        mem: &'a GuestRam,
+    ) -> Result<BoxedTickMachine<'a>, SelftestError> {
+        let seed = self.seed.get();
+        self.seed
+            .set(seed.wrapping_mul(6364136223846793005).wrapping_add(1));
+        Ok(Box::new(EmulatedTickMachine::new(
+            vcpu,
+            mem,
+            self.max_skid,
+            seed,
+        )))
+    }
+
+    fn margin(&self) -> u64 {
+        self.max_skid + 1
+    }
+}
+
+fn unexpected(exit: Exit) -> SelftestError {
+    SelftestError::Unexpected(Box::new(exit))
+}
+
 /// Runs the loop program freely; returns the branches counted up to its `out`.
-fn count_free_run(kvm: &Kvm, event: &BranchEvent) -> Result<u64, SelftestError> {
+fn count_free_run(kvm: &Kvm, maker: &dyn MachineMaker) -> Result<u64, SelftestError> {
     let mut scratch = ScratchVm::new(kvm, &PROGRAM)?;
-    let counter = PerfBranchCounter::open(event)?;
-    let start = counter.read()?;
-    loop {
-        match scratch.vcpu.run()? {
-            Exit::IoOut { .. } => return Ok(counter.read()? - start),
-            Exit::Interrupted => scratch.vcpu.set_immediate_exit(false),
-            other => return Err(SelftestError::Unexpected(Box::new(other))),
-        }
+    let mut m = maker.make(&mut scratch.vcpu, &scratch.mem)?;
+    let start = m.ticks()?;
+    match m.run()? {
+        RunStop::Exit(Exit::IoOut { .. }) => Ok(m.ticks()? - start),
+        RunStop::Exit(other) => Err(unexpected(other)),
+        RunStop::Overflow => Err(SelftestError::SpuriousOverflow),
     }
 }
 
 /// Single-steps the program, logging every position with its registers.
 fn log_positions(
     kvm: &Kvm,
-    event: &BranchEvent,
-) -> Result<Vec<(TickPosition, kvm_bindings::kvm_regs)>, SelftestError> {
+    maker: &dyn MachineMaker,
+) -> Result<Vec<(TickPosition, StopRegs)>, SelftestError> {
     let mut scratch = ScratchVm::new(kvm, &PROGRAM)?;
-    let counter = PerfBranchCounter::open(event)?;
-    let start = counter.read()?;
+    let mut m = maker.make(&mut scratch.vcpu, &scratch.mem)?;
+    let start = m.ticks()?;
     let mut log = Vec::new();
     loop {
-        let regs = scratch.vcpu.regs()?;
+        let regs = m.regs()?;
         let position = TickPosition {
-            ticks: counter.read()? - start,
+            ticks: m.ticks()? - start,
             rip: regs.rip,
             rcx: regs.rcx,
         };
         log.push((position, regs));
-        scratch.vcpu.set_guest_debug(true, None)?;
-        match scratch.vcpu.run()? {
-            Exit::Debug { .. } | Exit::Interrupted => {}
-            Exit::IoOut { .. } => return Ok(log),
-            other => return Err(SelftestError::Unexpected(Box::new(other))),
+        match m.step()? {
+            StepStop::Stepped => {}
+            StepStop::Exit(Exit::IoOut { .. }) => return Ok(log),
+            StepStop::Exit(other) => return Err(unexpected(other)),
         }
     }
 }
 
-/// Runs both checks with `event`; `samples` positions are converged to.
+/// Runs both checks on the host's PMU counting `event`; `samples` positions are converged
+/// to.
 pub fn run(
     kvm: &Kvm,
     event: &BranchEvent,
     samples: usize,
 ) -> Result<SelftestReport, SelftestError> {
-    let counted = count_free_run(kvm, event)?;
-    let log = log_positions(kvm, event)?;
-    let margin = skid_margin(&event.vendor);
+    run_with(kvm, &PerfMaker(event.clone()), samples)
+}
+
+/// Runs both checks with the counter `maker` makes.
+pub fn run_with(
+    kvm: &Kvm,
+    maker: &dyn MachineMaker,
+    samples: usize,
+) -> Result<SelftestReport, SelftestError> {
+    let counted = count_free_run(kvm, maker)?;
+    let log = log_positions(kvm, maker)?;
+    let margin = maker.margin();
     let stride = (log.len() / samples.max(1)).max(1);
     let mut checked = 0;
     for (target, want) in log.iter().step_by(stride).skip(1) {
         let mut scratch = ScratchVm::new(kvm, &PROGRAM)?;
-        let counter = PerfBranchCounter::open(event)?;
-        let start = counter.read()?;
+        let mut m = maker.make(&mut scratch.vcpu, &scratch.mem)?;
+        let start = m.ticks()?;
         // Positions are relative to the VM's start: shift the target to this counter.
         let absolute = TickPosition {
             ticks: target.ticks + start,
             ..*target
         };
-        let mut m = KvmTickMachine::new(&mut scratch.vcpu, &counter);
         // The program exits only at its end: any exit before a target is a failure.
-        if let Converged::Exit(exit) = converge(&mut m, &absolute, margin, 1_000_000)? {
-            return Err(SelftestError::Unexpected(Box::new(exit)));
+        if let Converged::Exit(exit) = converge(&mut *m, &absolute, margin, 1_000_000)? {
+            return Err(unexpected(exit));
         }
-        let got = m.regs().map_err(ConvergeError::Machine)?;
-        let want = stop_regs(want);
-        if got != want {
+        let got = m.regs()?;
+        if got != *want {
             let diff = want
                 .all
                 .iter()
@@ -147,4 +222,27 @@ pub fn run(
         positions_checked: checked,
         margin,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole self-test on this host's real KVM, with the emulated counter: the loop
+    /// program's branch count, and convergence to logged positions (overflow landing up
+    /// to 20 branches late) with every register equal.
+    #[test]
+    fn the_self_test_passes_on_real_kvm_with_the_emulated_counter() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let maker = EmulatedMaker {
+            max_skid: 20,
+            seed: std::cell::Cell::new(0x5eed),
+        };
+        let report = run_with(&kvm, &maker, 12).unwrap();
+        assert!(report.count_exact(), "{report:?}");
+        assert!(report.positions_checked >= 10, "{report:?}");
+    }
 }
