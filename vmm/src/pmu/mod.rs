@@ -8,7 +8,10 @@
 //! - [`converge`] reaches an exact position: overflow a margin early (the counter's skid),
 //!   then single-step; it is a pure algorithm over [`TickMachine`], tested with a
 //!   simulated counter;
-//! - [`kvm`] is the [`TickMachine`] of a real vCPU with the real counter.
+//! - [`kvm`] is the [`TickMachine`] of a real vCPU with the real counter;
+//! - [`emulated`] counts branches in software on a real vCPU (single-stepping), so the
+//!   convergence runs against real KVM on hosts without a PMU;
+//! - [`selftest`] checks the counter and the convergence on a scratch VM (`ttvm doctor`).
 //!
 //! Instructions-retired is not deterministic on x86 (interrupts, faults and string
 //! instructions are counted differently run to run) and is never used.
