@@ -118,8 +118,9 @@ fn pmu_clock_on_real_hardware_or_a_visible_skip() {
     if !pmu.available() {
         announce(&format!(
             "SKIPPED pmu_clock_on_real_hardware: this host has no usable PMU ({}); the pmu \
-             clock's hardware path did NOT run here (its logic is unit-tested with a \
-             simulated counter in ttvm-vmm's pmu::converge tests)",
+             clock's hardware path did NOT run here (its convergence is tested with a \
+             simulated counter in ttvm-vmm's pmu::converge tests and on this KVM with a \
+             software counter in pmu::selftest and `ttvm doctor`)",
             pmu.error
                 .as_deref()
                 .unwrap_or("no branch event for this CPU")
