@@ -109,9 +109,11 @@ fn every_guest_replays_three_times_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
     std::fs::write(&input, "some input\nfor echo\n").unwrap();
-    let cases: [(&str, &[&str], i32); 6] = [
+    let cases: [(&str, &[&str], i32); 8] = [
         ("hello", &["--cmdline", "x=1"], 0),
         ("timer", &[], 10),
+        ("rtc", &[], 0),
+        ("hello32", &[], 0),
         ("entropy", &[], 0),
         ("crash", &[], 121),
         ("race", &[], -1),

@@ -40,6 +40,27 @@ fn hello_prints_its_command_line_and_memory() {
 }
 
 #[test]
+fn rtc_periodic_and_update_interrupts_arrive() {
+    for clock in CLOCKS {
+        let o = run_guest("rtc", clock, &[]);
+        assert_run(
+            &o,
+            0,
+            "rtc: periodic interrupt at 64 Hz, waiting for 8 ticks\n\
+             rtc: 8 periodic ticks, then an update-ended interrupt\n",
+        );
+    }
+}
+
+#[test]
+fn a_32_bit_guest_runs_in_protected_mode() {
+    for clock in CLOCKS {
+        let o = run_guest("hello32", clock, &[]);
+        assert_run(&o, 0, "hello32 from ttvm\nhello32: total 140\n");
+    }
+}
+
+#[test]
 fn timer_sees_ten_ticks() {
     for clock in CLOCKS {
         let o = run_guest("timer", clock, &[]);

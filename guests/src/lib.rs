@@ -32,7 +32,7 @@
 use std::path::PathBuf;
 
 /// Names of all guests, in build order.
-pub const NAMES: &[&str] = &[HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, HELLO32];
+pub const NAMES: &[&str] = &[HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, RTC, HELLO32];
 
 /// `hello`: prints, then exits with status **0**:
 ///
@@ -120,6 +120,18 @@ pub const CRASH: &str = "crash";
 /// line shows the values used.
 pub const RACE: &str = "race";
 
+/// `rtc`: the CMOS RTC's interrupts (IRQ8 through the slave PIC): the
+/// periodic interrupt at 64 Hz (status A rate select 10) for 8 ticks, then one
+/// update-ended interrupt; the handler reads status C to find the cause and
+/// acknowledge. Prints, then exits with status **0** (1 if status C's flags
+/// did not match what was enabled):
+///
+/// ```text
+/// rtc: periodic interrupt at 64 Hz, waiting for 8 ticks
+/// rtc: 8 periodic ticks, then an update-ended interrupt
+/// ```
+pub const RTC: &str = "rtc";
+
 /// `hello32`: a static ELF32 i386 image that stays in 32-bit protected mode
 /// (no paging, no long mode; its own runtime in `runtime32/`, no IDT). It
 /// fills `path[k] = {k, k*k}` for k in 0..8 through `visit(k)`, adds the
@@ -148,7 +160,7 @@ pub fn elf_bytes(name: &str) -> Option<&'static [u8]> {
             }
         };
     }
-    guests!("hello", "timer", "echo", "entropy", "crash", "race", "hello32")
+    guests!("hello", "timer", "echo", "entropy", "crash", "race", "rtc", "hello32")
 }
 
 /// Directory holding the guests' C/asm sources (`c/`, `runtime/`), as named

@@ -220,7 +220,7 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
         problems.push(format!("record failed: {}", rec.stderr.trim()));
     }
     let expected_status = match name {
-        "hello" | "echo" | "entropy" | "hello32" => Some(0),
+        "hello" | "echo" | "entropy" | "rtc" | "hello32" => Some(0),
         "timer" => Some(10),
         "crash" => Some(121),
         _ => None,

@@ -101,6 +101,20 @@ impl Devices {
         }
     }
 
+    /// Guest time of the next timer interrupt (PIT channel 0 or the RTC), if any.
+    pub fn next_timer_deadline_ns(&self) -> Option<u64> {
+        match (self.pit.next_deadline_ns(), self.rtc.next_deadline_ns()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Raises the timer interrupts due by `ctx.now_ns`.
+    pub fn poll_timers(&mut self, ctx: &mut DeviceCtx) {
+        self.pit.poll(ctx);
+        self.rtc.poll(ctx);
+    }
+
     /// The standard PC port map.
     pub fn standard_bus() -> Result<PioBus, BusError> {
         let mut bus = PioBus::new();

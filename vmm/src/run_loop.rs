@@ -45,7 +45,7 @@ impl Machine {
                 break end;
             }
             self.inject_pending()?;
-            let deadline = self.devices.pit.next_deadline_ns();
+            let deadline = self.devices.next_timer_deadline_ns();
             if deadline != armed {
                 kicker.arm(deadline)?;
                 armed = deadline;
@@ -86,7 +86,7 @@ impl Machine {
                 SerialPoll::Nothing => {}
             }
         }
-        self.devices.pit.poll(&mut ctx);
+        self.devices.poll_timers(&mut ctx);
         self.apply(ctx, |_| 0);
     }
 
@@ -211,7 +211,7 @@ impl Machine {
             if self.pending_end.is_some() || self.devices.pic.has_pending() {
                 return Ok(());
             }
-            let deadline = self.devices.pit.next_deadline_ns();
+            let deadline = self.devices.next_timer_deadline_ns();
             if deadline.is_none() && self.devices.serial.is_hung_up() {
                 self.end_halted(true);
                 return Ok(());

@@ -432,7 +432,7 @@ impl Machine {
                 if !self.devices.pic.has_pending() {
                     let serial = &self.devices.serial;
                     let can_receive = may_receive && !serial.is_hung_up() && serial.rx_room() > 0;
-                    match self.devices.pit.next_deadline_ns() {
+                    match self.devices.next_timer_deadline_ns() {
                         Some(deadline) => {
                             if driver
                                 .idle(pos, deadline, can_receive)
@@ -572,7 +572,7 @@ impl Machine {
     /// Timer interrupts due at the current guest time.
     fn poll_timers(&mut self) {
         let mut ctx = DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
-        self.devices.pit.poll(&mut ctx);
+        self.devices.poll_timers(&mut ctx);
         self.apply(ctx, |_| 0);
     }
 
@@ -597,7 +597,7 @@ impl Machine {
                 SerialPoll::Nothing => {}
             }
         }
-        self.devices.pit.poll(&mut ctx);
+        self.devices.poll_timers(&mut ctx);
         self.apply(ctx, |_| 0);
         Ok(())
     }

@@ -5,7 +5,13 @@
 //! update-in-progress bit is set in the last 244 us of every second, as on the real part.
 //! A guest that sets the clock (B.SET, write time registers, clear B.SET) moves an offset.
 //! NVRAM bytes 0x0e-0x7f are plain memory, with the PC's memory-size bytes filled in.
-//! Not modelled: alarm, periodic and update-ended interrupts (IRQ8).
+//!
+//! Interrupts (IRQ8): periodic (rate from status A's RS bits, ticks at multiples of the
+//! period of guest time), update-ended (each wall-clock second) and alarm (at the second
+//! that matches the alarm registers; 0xC0-0xFF is "any"). Their flags (PF, UF, AF) appear
+//! in status C whether enabled or not; an enabled flag sets IRQF there and raises IRQ8
+//! once, until the guest reads C (which clears every flag), as on the real part. The
+//! oscillator divider bits of status A are not modelled (the clock always runs).
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +30,20 @@ const REG_C: u8 = 0x0c;
 const REG_D: u8 = 0x0d;
 const REG_CENTURY: u8 = 0x32;
 
+const REG_SECONDS_ALARM: u8 = 0x01;
+const REG_MINUTES_ALARM: u8 = 0x03;
+const REG_HOURS_ALARM: u8 = 0x05;
+
 const B_SET: u8 = 0x80;
+const B_PIE: u8 = 0x40;
+const B_AIE: u8 = 0x20;
+const B_UIE: u8 = 0x10;
+const C_IRQF: u8 = 0x80;
+const C_PF: u8 = 0x40;
+const C_AF: u8 = 0x20;
+const C_UF: u8 = 0x10;
+/// The RTC's ISA interrupt line.
+pub const RTC_IRQ: u8 = 8;
 const B_24H: u8 = 0x02;
 const B_BINARY: u8 = 0x04;
 const A_UIP: u8 = 0x80;
@@ -38,6 +57,13 @@ pub struct RtcState {
     pub cmos: Vec<u8>,
     /// Seconds added to the boot wall clock by a guest that set the time.
     pub offset_s: i64,
+    /// Guest time up to which interrupt flags have been brought up to date.
+    #[serde(default)]
+    pub flags_ns: u64,
+    /// The boot wall clock's position within its second (where wall-clock seconds turn,
+    /// in guest time), learnt from the first access.
+    #[serde(default)]
+    pub wall_phase_ns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +99,8 @@ impl Rtc {
                 index: 0,
                 cmos,
                 offset_s: 0,
+                flags_ns: 0,
+                wall_phase_ns: 0,
             },
         }
     }
@@ -187,6 +215,109 @@ impl Rtc {
     }
 }
 
+/// The periodic interrupt's period for rate-select bits `rs`, as (numerator,
+/// denominator) of nanoseconds: 2^(rs-1) / 32768 s; 1 and 2 mean 2^7 and 2^8; 0 is off.
+fn periodic_period(rs: u8) -> Option<(u128, u128)> {
+    let shift = match rs & 0x0f {
+        0 => return None,
+        1 => 7,
+        2 => 8,
+        r => u32::from(r) - 1,
+    };
+    Some(((1u128 << shift) * u128::from(NS_PER_S), 32_768))
+}
+
+impl Rtc {
+    /// Periodic ticks completed by guest time `ns`.
+    fn periodic_ticks(&self, ns: u64) -> Option<u128> {
+        let (num, den) = periodic_period(self.reg(REG_A))?;
+        Some(u128::from(ns) * den / num)
+    }
+
+    /// Wall-clock seconds that turned by guest time `ns`.
+    fn seconds_turned(&self, ns: u64) -> u64 {
+        (ns + self.state.wall_phase_ns) / NS_PER_S
+    }
+
+    /// Whether the alarm registers match the clock at guest time `ns`.
+    fn alarm_matches(&self, ns: u64, ctx: &DeviceCtx) -> bool {
+        let at = DeviceCtx::new(ns, ctx.boot_wall_clock_ns);
+        [
+            (REG_SECONDS_ALARM, REG_SECONDS),
+            (REG_MINUTES_ALARM, REG_MINUTES),
+            (REG_HOURS_ALARM, REG_HOURS),
+        ]
+        .iter()
+        .all(|&(alarm, reg)| {
+            let want = self.reg(alarm);
+            want >= 0xc0 || want == self.time_register(reg, &at)
+        })
+    }
+
+    /// Brings the interrupt flags up to guest time `ctx.now_ns`; raises IRQ8 when an
+    /// enabled flag is newly set.
+    fn update_flags(&mut self, ctx: &mut DeviceCtx) {
+        self.state.wall_phase_ns = ctx.boot_wall_clock_ns % NS_PER_S;
+        let (from, to) = (self.state.flags_ns, ctx.now_ns);
+        if to <= from {
+            return;
+        }
+        self.state.flags_ns = to;
+        let mut flags = 0;
+        if let (Some(a), Some(b)) = (self.periodic_ticks(from), self.periodic_ticks(to)) {
+            if b > a {
+                flags |= C_PF;
+            }
+        }
+        if self.reg(REG_B) & B_SET == 0 && self.seconds_turned(to) > self.seconds_turned(from) {
+            flags |= C_UF;
+            // The alarm is checked at the last second that turned (enough for a guest
+            // that serves its interrupts; several missed seconds raise it at most once).
+            let turned = self.seconds_turned(to) * NS_PER_S - self.state.wall_phase_ns;
+            if self.alarm_matches(turned, ctx) {
+                flags |= C_AF;
+            }
+        }
+        let c = self.reg(REG_C);
+        let enabled = self.reg(REG_B) & (B_PIE | B_AIE | B_UIE);
+        // PIE/AIE/UIE are the bits of PF/AF/UF in status B.
+        let irq = (c | flags) & enabled & (C_PF | C_AF | C_UF) != 0;
+        let mut new_c = c | flags;
+        if irq {
+            if c & C_IRQF == 0 {
+                ctx.raise_irq(RTC_IRQ);
+            }
+            new_c |= C_IRQF;
+        }
+        self.state.cmos[usize::from(REG_C)] = new_c;
+    }
+
+    /// Raises IRQ8 if an enabled interrupt came due by `ctx.now_ns`.
+    pub fn poll(&mut self, ctx: &mut DeviceCtx) {
+        self.update_flags(ctx);
+    }
+
+    /// Guest time of the next enabled interrupt, if any.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        let b = self.reg(REG_B);
+        let from = self.state.flags_ns;
+        let periodic = (b & B_PIE != 0)
+            .then(|| periodic_period(self.reg(REG_A)))
+            .flatten()
+            .map(|(num, den)| {
+                let next = u128::from(from) * den / num + 1;
+                // The first whole nanosecond at or after tick `next`.
+                (next * num).div_ceil(den) as u64
+            });
+        let second = (b & (B_UIE | B_AIE) != 0 && b & B_SET == 0)
+            .then(|| (self.seconds_turned(from) + 1) * NS_PER_S - self.state.wall_phase_ns);
+        match (periodic, second) {
+            (Some(p), Some(s)) => Some(p.min(s)),
+            (p, s) => p.or(s),
+        }
+    }
+}
+
 fn is_time_register(reg: u8) -> bool {
     matches!(
         reg,
@@ -217,7 +348,8 @@ impl PioDevice for Rtc {
                 (self.reg(REG_A) & !A_UIP) | if uip { A_UIP } else { 0 }
             }
             REG_C => {
-                // Interrupt flags: none are raised; reading clears them.
+                // Interrupt flags, brought up to now; reading clears them (and IRQF).
+                self.update_flags(ctx);
                 let value = self.reg(REG_C);
                 self.state.cmos[usize::from(REG_C)] = 0;
                 value
@@ -233,6 +365,10 @@ impl PioDevice for Rtc {
             return;
         }
         let reg = self.state.index;
+        // Flags up to now count under the old settings.
+        if matches!(reg, REG_A | REG_B) {
+            self.update_flags(ctx);
+        }
         match reg {
             REG_A => self.state.cmos[usize::from(REG_A)] = value & !A_UIP,
             REG_B => {
@@ -381,6 +517,83 @@ mod tests {
         let mut later = DeviceCtx::new(5 * NS_PER_S, WALL);
         assert_eq!(read(&mut rtc, REG_YEAR, &mut later), 0x30);
         assert_eq!(read(&mut rtc, REG_SECONDS, &mut later), 0x12);
+    }
+
+    fn write(rtc: &mut Rtc, reg: u8, value: u8, ctx: &mut DeviceCtx) {
+        rtc.write(0, reg, ctx);
+        rtc.write(1, value, ctx);
+    }
+
+    fn irq_at(rtc: &mut Rtc, ns: u64) -> bool {
+        let mut ctx = DeviceCtx::new(ns, WALL);
+        rtc.poll(&mut ctx);
+        ctx.raised_irqs & (1 << RTC_IRQ) != 0
+    }
+
+    #[test]
+    fn periodic_interrupt_follows_the_rate_and_waits_for_status_c() {
+        let mut rtc = Rtc::new(64 << 20);
+        let mut ctx = DeviceCtx::new(0, WALL);
+        // 64 Hz: rate select 10, period 2^9 / 32768 s = 15.625 ms.
+        write(&mut rtc, REG_A, 0x2a, &mut ctx);
+        assert_eq!(rtc.next_deadline_ns(), None, "PIE off: no deadline");
+        write(&mut rtc, REG_B, B_24H | B_PIE, &mut ctx);
+        assert_eq!(rtc.next_deadline_ns(), Some(15_625_000));
+        assert!(!irq_at(&mut rtc, 15_624_999));
+        assert!(irq_at(&mut rtc, 15_625_000));
+        // IRQF stays set until C is read: no second edge.
+        assert!(!irq_at(&mut rtc, 40_000_000));
+        let mut ctx = DeviceCtx::new(40_000_000, WALL);
+        assert_eq!(read(&mut rtc, REG_C, &mut ctx), C_IRQF | C_PF);
+        assert_eq!(read(&mut rtc, REG_C, &mut ctx), 0, "reading C clears it");
+        assert_eq!(rtc.next_deadline_ns(), Some(46_875_000));
+        assert!(irq_at(&mut rtc, 46_875_000));
+    }
+
+    #[test]
+    fn flags_show_without_interrupts_when_disabled() {
+        let mut rtc = Rtc::new(64 << 20);
+        let mut ctx = DeviceCtx::new(0, WALL);
+        write(&mut rtc, REG_A, 0x26, &mut ctx); // 1024 Hz, PIE off
+        assert!(!irq_at(&mut rtc, 5_000_000));
+        let mut ctx = DeviceCtx::new(5_000_000, WALL);
+        assert_eq!(read(&mut rtc, REG_C, &mut ctx), C_PF);
+    }
+
+    #[test]
+    fn update_ended_interrupt_comes_when_the_wall_clock_second_turns() {
+        // Boot 0.3 s into a wall-clock second: the first second turns at 0.7 s.
+        let wall = WALL + 300_000_000;
+        let mut rtc = Rtc::new(64 << 20);
+        let mut ctx = DeviceCtx::new(0, wall);
+        write(&mut rtc, REG_B, B_24H | B_UIE, &mut ctx);
+        assert_eq!(rtc.next_deadline_ns(), Some(700_000_000));
+        let mut ctx = DeviceCtx::new(699_999_999, wall);
+        rtc.poll(&mut ctx);
+        assert_eq!(ctx.raised_irqs, 0);
+        let mut ctx = DeviceCtx::new(700_000_000, wall);
+        rtc.poll(&mut ctx);
+        assert_eq!(ctx.raised_irqs, 1 << RTC_IRQ);
+        // PF too: the default 1024 Hz rate sets it, interrupt enabled or not.
+        assert_eq!(read(&mut rtc, REG_C, &mut ctx), C_IRQF | C_PF | C_UF);
+        assert_eq!(rtc.next_deadline_ns(), Some(1_700_000_000));
+    }
+
+    #[test]
+    fn alarm_interrupt_fires_at_the_matching_second() {
+        let mut rtc = Rtc::new(64 << 20);
+        let mut ctx = DeviceCtx::new(0, WALL);
+        // WALL is 22:41:07; alarm at any hour, minute 41, second 10 (BCD).
+        write(&mut rtc, REG_SECONDS_ALARM, 0x10, &mut ctx);
+        write(&mut rtc, REG_MINUTES_ALARM, 0x41, &mut ctx);
+        write(&mut rtc, REG_HOURS_ALARM, 0xc0, &mut ctx);
+        write(&mut rtc, REG_B, B_24H | B_AIE, &mut ctx);
+        for s in 1..3 {
+            assert!(!irq_at(&mut rtc, s * NS_PER_S), "second {s}");
+        }
+        assert!(irq_at(&mut rtc, 3 * NS_PER_S));
+        let mut ctx = DeviceCtx::new(3 * NS_PER_S, WALL);
+        assert_eq!(read(&mut rtc, REG_C, &mut ctx), C_IRQF | C_PF | C_AF | C_UF);
     }
 
     #[test]
