@@ -57,13 +57,21 @@ pub struct RtcState {
     pub cmos: Vec<u8>,
     /// Seconds added to the boot wall clock by a guest that set the time.
     pub offset_s: i64,
-    /// Guest time up to which interrupt flags have been brought up to date.
-    #[serde(default)]
+    /// Guest time up to which interrupt flags have been brought up to date (they move only
+    /// for a guest that enables an RTC interrupt or reads status C).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub flags_ns: u64,
     /// The boot wall clock's position within its second (where wall-clock seconds turn,
-    /// in guest time), learnt from the first access.
-    #[serde(default)]
+    /// in guest time), learnt when flags are updated.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub wall_phase_ns: u64,
+}
+
+/// Zero-valued fields are left out of the serialized state, so the state (and the
+/// digests over it) of a guest that never uses the RTC's interrupts is what it was before
+/// they were modelled: older traces still verify.
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone)]
@@ -292,9 +300,15 @@ impl Rtc {
         self.state.cmos[usize::from(REG_C)] = new_c;
     }
 
+    fn interrupts_enabled(&self) -> bool {
+        self.reg(REG_B) & (B_PIE | B_AIE | B_UIE) != 0
+    }
+
     /// Raises IRQ8 if an enabled interrupt came due by `ctx.now_ns`.
     pub fn poll(&mut self, ctx: &mut DeviceCtx) {
-        self.update_flags(ctx);
+        if self.interrupts_enabled() {
+            self.update_flags(ctx);
+        }
     }
 
     /// Guest time of the next enabled interrupt, if any.
@@ -365,8 +379,10 @@ impl PioDevice for Rtc {
             return;
         }
         let reg = self.state.index;
-        // Flags up to now count under the old settings.
-        if matches!(reg, REG_A | REG_B) {
+        // Flags up to now count under the old settings (for a guest that uses them).
+        if matches!(reg, REG_A | REG_B)
+            && (self.interrupts_enabled() || reg == REG_B && value & (B_PIE | B_AIE | B_UIE) != 0)
+        {
             self.update_flags(ctx);
         }
         match reg {
