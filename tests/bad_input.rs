@@ -31,6 +31,24 @@ fn not_an_elf() {
 }
 
 #[test]
+fn a_compressed_linux_kernel_is_named_and_the_way_out_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmlinuz");
+    // A bzImage: a DOS stub, then the boot protocol's "HdrS" at 0x202.
+    let mut image = vec![0u8; 0x1000];
+    image[..2].copy_from_slice(b"MZ");
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(&f, image).unwrap();
+    for cmd in ["run", "record"] {
+        let o = run(&[cmd, f.to_str().unwrap()]);
+        assert_error(&o, VMM_ERROR, "compressed Linux kernel (bzImage");
+        assert_error(&o, VMM_ERROR, "extract-vmlinux");
+        // No clock note before the error: the image is checked first.
+        assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
+    }
+}
+
+#[test]
 fn elf_without_pvh_note() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("nonote.elf");

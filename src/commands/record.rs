@@ -66,6 +66,8 @@ pub fn record_image(
     name: &str,
     image_name: &str,
 ) -> anyhow::Result<i32> {
+    // A bad image is the first thing to say, before any note about clocks.
+    ttvm_vmm::elf_image::parse(image, args.machine.machine_config().mem_bytes)?;
     let selection = clock_choice::select(args.clock, &ttvm_vmm::pmu::probe::probe())?;
     if let Some(note) = &selection.note {
         eprintln!("ttvm: note: {note}");

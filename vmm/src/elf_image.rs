@@ -49,6 +49,12 @@ pub enum ImageError {
     Read { path: String, reason: String },
     #[error("the guest image is not an ELF file (it does not start with \\x7fELF)")]
     NotElf,
+    #[error(
+        "the guest image is a compressed Linux kernel (bzImage, e.g. /boot/vmlinuz-*); ttvm \
+         boots the uncompressed vmlinux ELF, which a kernel built with CONFIG_PVH=y has: take \
+         it from the build tree, or extract it with the kernel's scripts/extract-vmlinux"
+    )]
+    LinuxBzImage,
     #[error("the guest image is a big-endian or unknown-class ELF; ttvm boots little-endian x86 ELF32/ELF64 images")]
     UnsupportedElf,
     #[error("the guest image is an ELF for machine {0}, not x86 or x86-64")]
@@ -206,6 +212,10 @@ fn find_pvh_note(b: &Bytes, ph: &ProgramHeader) -> Result<Option<u32>, ImageErro
 pub fn parse(image: &[u8], mem_bytes: u64) -> Result<ElfImage, ImageError> {
     let b = Bytes(image);
     if image.len() < 4 || &image[..4] != b"\x7fELF" {
+        // The Linux boot protocol's setup header: "HdrS" at 0x202.
+        if image.get(0x202..0x206) == Some(b"HdrS".as_slice()) {
+            return Err(ImageError::LinuxBzImage);
+        }
         return Err(ImageError::NotElf);
     }
     let ident = b
@@ -386,6 +396,10 @@ pub(crate) mod tests {
     #[test]
     fn bad_images_are_precise_errors() {
         assert_eq!(parse(b"MZ\x90\x00", 64 << 20), Err(ImageError::NotElf));
+        let mut bz = vec![0u8; 0x400];
+        bz[..2].copy_from_slice(b"MZ");
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(parse(&bz, 64 << 20), Err(ImageError::LinuxBzImage));
         assert_eq!(parse(b"", 64 << 20), Err(ImageError::NotElf));
         assert_eq!(
             parse(&tiny_elf(ElfClass::Elf64, false, 16), 64 << 20),
