@@ -194,13 +194,19 @@ fn five_stepi_then_five_reverse_stepi_give_the_same_registers() {
     assert_ne!(fwd[0], fwd[5]);
 }
 
+/// The line of guest source `file` (relative to the guests' source directory) that
+/// holds `text`.
+fn source_line(file: &str, text: &str) -> usize {
+    let src = std::fs::read_to_string(ttvm_guests::source_dir().join(file)).unwrap();
+    src.lines()
+        .position(|l| l.contains(text))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{text:?} not in {file}"))
+}
+
 /// The source line of the corrupting store in race.c.
 fn poison_store_line() -> usize {
-    let src = std::fs::read_to_string(ttvm_guests::source_dir().join("c/race.c")).unwrap();
-    src.lines()
-        .position(|l| l.contains("shared.items[top] = POISON;"))
-        .expect("the store")
-        + 1
+    source_line("c/race.c", "shared.items[top] = POISON;")
 }
 
 #[test]
@@ -560,15 +566,6 @@ fn next_and_reverse_next_and_reverse_finish_follow_the_source() {
     assert!(rf.contains("main (") && rf.contains("race.c:160"), "{out}");
 }
 
-/// The line of `hello32.c` that holds `text`.
-fn hello32_line(text: &str) -> usize {
-    let src = std::fs::read_to_string(ttvm_guests::source_dir().join("c32/hello32.c")).unwrap();
-    src.lines()
-        .position(|l| l.contains(text))
-        .map(|i| i + 1)
-        .unwrap_or_else(|| panic!("{text:?} not in hello32.c"))
-}
-
 #[test]
 fn a_32_bit_guest_gets_i386_registers_breakpoints_and_reverse_watchpoints() {
     let tmp = tempfile::tempdir().unwrap();
@@ -602,7 +599,7 @@ fn a_32_bit_guest_gets_i386_registers_breakpoints_and_reverse_watchpoints() {
     assert!(before.contains("Old value = 0\nNew value = 1"), "{out}");
     // Backward: reverse-continue stops at that store, on its source line.
     assert!(forward.contains("Old value = 1\nNew value = 0"), "{out}");
-    let store = hello32_line("total += ");
+    let store = source_line("c32/hello32.c", "total += ");
     assert!(
         forward.contains(&format!("hello32.c:{store}")),
         "expected line {store}: {forward}"

@@ -29,6 +29,7 @@ use gdbstub::target::ext::target_description_xml_override::{
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineError};
+use ttvm_vmm::elf_image::ElfClass;
 use ttvm_vmm::paging::Mmu;
 use ttvm_vmm::Machine;
 
@@ -76,20 +77,6 @@ pub struct DebugTarget {
     description: String,
 }
 
-/// Whether the trace's guest is an ELF64 image (gdb then expects x86-64 registers); an
-/// unreadable image counts as ELF64, the common case.
-fn guest_is_elf64(timeline: &Timeline) -> bool {
-    const ELFCLASS32: u8 = 1;
-    let image = ttvm_logs::TraceReader::open(timeline.trace_dir()).and_then(|r| r.guest_image());
-    match image {
-        Ok(image) => image.get(4) != Some(&ELFCLASS32),
-        Err(e) => {
-            tracing::warn!("cannot read the guest image to pick gdb's register layout: {e}");
-            true
-        }
-    }
-}
-
 fn readable(fd: RawFd) -> bool {
     let mut pfd = libc::pollfd {
         fd,
@@ -104,7 +91,8 @@ fn readable(fd: RawFd) -> bool {
 
 impl DebugTarget {
     pub fn new(timeline: Timeline) -> Self {
-        let wide = guest_is_elf64(&timeline);
+        // gdb takes the architecture from the ELF it loads: serve registers to match.
+        let wide = timeline.machine().image().class == ElfClass::Elf64;
         DebugTarget {
             timeline,
             points: StopPoints::default(),

@@ -124,10 +124,9 @@ fn pmu_refusal(header: &TraceHeader) -> String {
         (None, None) => format!("{recorded}, and this host's CPU has no known branch event"),
         (Some(here), None) if here.vendor != vendor || format!("{:#x}", here.config) != event => {
             format!(
-                "{recorded}, and this host counts {} on {}: branch counts of different events \
-                 or CPU vendors are not the same positions",
-                format_args!("{:#x}", here.config),
-                here.vendor
+                "{recorded}, and this host counts {:#x} on {}: branch counts of different \
+                 events or CPU vendors are not the same positions",
+                here.config, here.vendor
             )
         }
         (Some(_), None) => format!(

@@ -152,8 +152,8 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
         ),
         Some(e) => check("pmu", Status::Warn, format!("{event}: {e}{paranoid}")),
     });
-    checks.push(pmu_accuracy_check(kvm_path, &pmu));
-    checks.push(emulated_convergence_check(kvm_path));
+    checks.push(pmu_accuracy_check(kvm.as_ref(), &pmu));
+    checks.push(emulated_convergence_check(kvm.as_ref()));
     let clocks = vec![
         ClockVerdict {
             clock: "singlestep",
@@ -187,17 +187,19 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
     }
 }
 
+/// Why a check that needs a scratch VM did not run.
+const NO_KVM: &str = "not run: the KVM device does not open (see \"kvm device\")";
+
 /// Whether guest-only branch counting is exact here, and positions are reached again
 /// exactly through overflow + single-steps ([`pmu::selftest`]).
-fn pmu_accuracy_check(kvm_path: &Path, pmu: &pmu_probe::PmuProbe) -> Check {
+fn pmu_accuracy_check(kvm: Option<&kvm_ioctls::Kvm>, pmu: &pmu_probe::PmuProbe) -> Check {
     let (Some(event), None) = (&pmu.event, &pmu.error) else {
         return check("pmu accuracy", Status::Skip, "not measured: no counter");
     };
-    let kvm = match kvm_host::open_kvm(kvm_path, &[]) {
-        Ok(kvm) => kvm,
-        Err(e) => return check("pmu accuracy", Status::Skip, format!("not measured: {e}")),
+    let Some(kvm) = kvm else {
+        return check("pmu accuracy", Status::Skip, NO_KVM);
     };
-    match pmu::selftest::run(&kvm, event, 16) {
+    match pmu::selftest::run(kvm, event, 16) {
         Ok(r) if r.count_exact() => check(
             "pmu accuracy",
             Status::Ok,
@@ -223,17 +225,16 @@ fn pmu_accuracy_check(kvm_path: &Path, pmu: &pmu_probe::PmuProbe) -> Check {
 /// The pmu clock's convergence (overflow a margin early, then single-steps) on this KVM,
 /// with a software branch counter in place of the PMU: it checks that this KVM's stepping
 /// lets positions be reached exactly, whatever the PMU.
-fn emulated_convergence_check(kvm_path: &Path) -> Check {
+fn emulated_convergence_check(kvm: Option<&kvm_ioctls::Kvm>) -> Check {
     const NAME: &str = "pmu convergence (software counter)";
-    let kvm = match kvm_host::open_kvm(kvm_path, &[]) {
-        Ok(kvm) => kvm,
-        Err(e) => return check(NAME, Status::Skip, format!("not run: {e}")),
+    let Some(kvm) = kvm else {
+        return check(NAME, Status::Skip, NO_KVM);
     };
     let maker = pmu::selftest::EmulatedMaker {
         max_skid: 20,
         seed: std::cell::Cell::new(0x5eed),
     };
-    match pmu::selftest::run_with(&kvm, &maker, 8) {
+    match pmu::selftest::run_with(kvm, &maker, 8) {
         Ok(r) if r.count_exact() => check(
             NAME,
             Status::Ok,

@@ -103,10 +103,10 @@ impl Devices {
 
     /// Guest time of the next timer interrupt (PIT channel 0 or the RTC), if any.
     pub fn next_timer_deadline_ns(&self) -> Option<u64> {
-        match (self.pit.next_deadline_ns(), self.rtc.next_deadline_ns()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.pit.next_deadline_ns(), self.rtc.next_deadline_ns()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Raises the timer interrupts due by `ctx.now_ns`.

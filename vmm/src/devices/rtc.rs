@@ -325,10 +325,7 @@ impl Rtc {
             });
         let second = (b & (B_UIE | B_AIE) != 0 && b & B_SET == 0)
             .then(|| (self.seconds_turned(from) + 1) * NS_PER_S - self.state.wall_phase_ns);
-        match (periodic, second) {
-            (Some(p), Some(s)) => Some(p.min(s)),
-            (p, s) => p.or(s),
-        }
+        [periodic, second].into_iter().flatten().min()
     }
 }
 

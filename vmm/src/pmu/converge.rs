@@ -5,6 +5,7 @@
 //! silent wrong position.
 
 use super::{RunStop, StepStop, StopRegs, TickMachine, TickPosition};
+use crate::digest::REG_NAMES;
 
 /// The end of one call to [`converge`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +46,9 @@ pub enum ConvergeError<E: std::error::Error + 'static> {
 
 /// The registers of a stop, printed for an overshoot report.
 fn describe(regs: &StopRegs) -> String {
-    regs.all
+    REG_NAMES
         .iter()
+        .zip(regs.all.0)
         .map(|(name, value)| format!("{name}={value:#x}"))
         .collect::<Vec<_>>()
         .join(" ")
@@ -155,8 +157,8 @@ mod tests {
         let mut rng = XorShift(0x5eed);
         for max_skid in [0u64, 1, 5, 40, 100] {
             for _ in 0..200 {
-                let mut m = SimMachine::new(&program(), 60, max_skid, rng.next());
-                let index = (rng.next() % m.len() as u64) as usize;
+                let mut m = SimMachine::new(&program(), 60, max_skid, rng.next_u64());
+                let index = (rng.next_u64() % m.len() as u64) as usize;
                 reach(&mut m, index, max_skid + 1)
                     .unwrap_or_else(|e| panic!("index {index} skid {max_skid}: {e}"));
                 assert_eq!(m.index(), index, "skid {max_skid}");

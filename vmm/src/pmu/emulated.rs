@@ -7,8 +7,8 @@
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 
-use super::kvm::{single_step, stop_regs, KvmTickError};
-use super::{RunStop, StepStop, StopRegs, TickMachine};
+use super::kvm::{single_step, KvmTickError};
+use super::{RunStop, StepStop, StopRegs, TickMachine, XorShift};
 use crate::memory::GuestRam;
 use crate::paging::CodeAtRip;
 use crate::vcpu::{Exit, Vcpu};
@@ -19,7 +19,7 @@ pub struct EmulatedTickMachine<'a> {
     ticks: u64,
     armed: Option<u64>,
     max_skid: u64,
-    rng: u64,
+    rng: XorShift,
 }
 
 impl<'a> EmulatedTickMachine<'a> {
@@ -32,15 +32,8 @@ impl<'a> EmulatedTickMachine<'a> {
             ticks: 0,
             armed: None,
             max_skid,
-            rng: seed | 1,
+            rng: XorShift(seed | 1),
         }
-    }
-
-    fn next_random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
     }
 
     /// Whether the instruction at RIP is a conditional branch.
@@ -86,7 +79,7 @@ impl TickMachine for EmulatedTickMachine<'_> {
     }
 
     fn run(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
-        let skid = self.next_random() % (self.max_skid + 1);
+        let skid = self.rng.next_u64() % (self.max_skid + 1);
         let stop_at = self.armed.map(|at| at + skid);
         loop {
             if stop_at.is_some_and(|s| self.ticks >= s) {
@@ -103,6 +96,6 @@ impl TickMachine for EmulatedTickMachine<'_> {
     }
 
     fn regs(&mut self) -> Result<StopRegs, KvmTickError> {
-        Ok(stop_regs(&self.vcpu.regs()?))
+        Ok(StopRegs::from_kvm(&self.vcpu.regs()?))
     }
 }

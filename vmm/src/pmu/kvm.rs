@@ -2,8 +2,6 @@
 //! thread. Single-step is re-armed before every step, which is correct on every KVM (see
 //! [`crate::step_probe`]).
 
-use kvm_bindings::kvm_regs;
-
 use super::perf::{PerfBranchCounter, PerfError};
 use super::{RunStop, StepStop, StopRegs, TickMachine};
 use crate::vcpu::{Exit, Vcpu, VcpuError};
@@ -65,34 +63,6 @@ pub(crate) fn single_step(vcpu: &mut Vcpu) -> Result<StepStop<Exit>, KvmTickErro
     }
 }
 
-/// The general registers, named as gdb names them.
-pub fn stop_regs(r: &kvm_regs) -> StopRegs {
-    StopRegs {
-        rip: r.rip,
-        rcx: r.rcx,
-        all: vec![
-            ("rax", r.rax),
-            ("rbx", r.rbx),
-            ("rcx", r.rcx),
-            ("rdx", r.rdx),
-            ("rsi", r.rsi),
-            ("rdi", r.rdi),
-            ("rbp", r.rbp),
-            ("rsp", r.rsp),
-            ("r8", r.r8),
-            ("r9", r.r9),
-            ("r10", r.r10),
-            ("r11", r.r11),
-            ("r12", r.r12),
-            ("r13", r.r13),
-            ("r14", r.r14),
-            ("r15", r.r15),
-            ("rip", r.rip),
-            ("eflags", r.rflags),
-        ],
-    }
-}
-
 impl TickMachine for KvmTickMachine<'_> {
     type Exit = Exit;
     type Error = KvmTickError;
@@ -132,6 +102,6 @@ impl TickMachine for KvmTickMachine<'_> {
     }
 
     fn regs(&mut self) -> Result<StopRegs, KvmTickError> {
-        Ok(stop_regs(&self.vcpu.regs()?))
+        Ok(StopRegs::from_kvm(&self.vcpu.regs()?))
     }
 }

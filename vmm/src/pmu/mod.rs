@@ -27,6 +27,8 @@ mod sim;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::RegSnapshot;
+
 pub use converge::{converge, ConvergeError, Converged};
 pub use probe::BranchEvent;
 
@@ -57,7 +59,33 @@ impl std::fmt::Display for TickPosition {
 pub struct StopRegs {
     pub rip: u64,
     pub rcx: u64,
-    pub all: Vec<(&'static str, u64)>,
+    pub all: RegSnapshot,
+}
+
+impl StopRegs {
+    pub fn from_kvm(r: &kvm_bindings::kvm_regs) -> Self {
+        StopRegs {
+            rip: r.rip,
+            rcx: r.rcx,
+            all: RegSnapshot::from_regs(r),
+        }
+    }
+}
+
+/// A small xorshift generator: the simulated and the software counters draw their skids
+/// from it.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
 }
 
 /// Why a free run stopped.

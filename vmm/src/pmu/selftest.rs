@@ -14,7 +14,7 @@ use super::probe::BranchEvent;
 use super::{skid_margin, RunStop, StepStop, StopRegs, TickMachine, TickPosition};
 use crate::memory::GuestRam;
 use crate::step_probe::{ProbeError, ScratchVm};
-use crate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::vcpu::{Exit, Vcpu};
 
 /// Real-mode program: mov cx,2000; l1: dec cx; jnz l1; mov cx,5; mov si,0x1800;
 /// mov di,0x1900; rep movsb; mov cx,1000; l2: dec cx; jnz l2; out 0x80,al; hlt.
@@ -29,8 +29,6 @@ pub const EXPECTED_BRANCHES: u64 = 2000 + 1000;
 pub enum SelftestError {
     #[error(transparent)]
     Scratch(#[from] ProbeError),
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Perf(#[from] PerfError),
     #[error(transparent)]
@@ -201,17 +199,9 @@ pub fn run_with(
         }
         let got = m.regs()?;
         if got != *want {
-            let diff = want
-                .all
-                .iter()
-                .zip(&got.all)
-                .filter(|(w, g)| w != g)
-                .map(|((name, w), (_, g))| format!("{name} recorded {w:#x} replayed {g:#x}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             return Err(SelftestError::RegistersDiffer {
                 position: *target,
-                diff,
+                diff: want.all.diff(&got.all).join(", "),
             });
         }
         checked += 1;

@@ -4,7 +4,9 @@
 
 use std::convert::Infallible;
 
+pub use super::XorShift;
 use super::{RunStop, StepStop, StopRegs, TickMachine, TickPosition};
+use crate::digest::RegSnapshot;
 
 /// One instruction of the simulated program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,19 +25,6 @@ struct Executed {
     op: Op,
     rip: u64,
     rcx: u64,
-}
-
-pub struct XorShift(pub u64);
-
-impl XorShift {
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0.max(1);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
 }
 
 pub struct SimMachine {
@@ -160,7 +149,7 @@ impl TickMachine for SimMachine {
             panic!("a free run without an armed overflow would never stop");
         };
         let span = self.max_skid.saturating_sub(self.min_skid) + 1;
-        let stop_at = at + self.min_skid + self.rng.next() % span;
+        let stop_at = at + self.min_skid + self.rng.next_u64() % span;
         while !self.at_end() && self.ticks_before[self.index] < stop_at {
             if self.execute() {
                 return Ok(RunStop::Exit(()));
@@ -169,7 +158,7 @@ impl TickMachine for SimMachine {
         // The interrupt lands somewhere before the next branch.
         while !self.at_end()
             && self.tape[self.index].op != Op::Branch
-            && self.rng.next().is_multiple_of(2)
+            && self.rng.next_u64().is_multiple_of(2)
         {
             if self.execute() {
                 return Ok(RunStop::Exit(()));
@@ -198,7 +187,11 @@ impl TickMachine for SimMachine {
         Ok(StopRegs {
             rip,
             rcx,
-            all: vec![("rip", rip), ("rcx", rcx)],
+            all: RegSnapshot::from_regs(&kvm_bindings::kvm_regs {
+                rip,
+                rcx,
+                ..Default::default()
+            }),
         })
     }
 }
