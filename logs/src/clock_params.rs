@@ -25,3 +25,11 @@ pub const PMU_VENDOR: &str = "pmu_vendor";
 pub const PMU_EVENT: &str = "pmu_event";
 /// PMU clock: the skid margin in branches used when replaying.
 pub const PMU_SKID: &str = "pmu_skid";
+/// PMU clock: which counter counted: [`PMU_COUNTER_HARDWARE`] or [`PMU_COUNTER_EMULATED`].
+pub const PMU_COUNTER: &str = "pmu_counter";
+/// The CPU's performance counter (perf_event_open).
+pub const PMU_COUNTER_HARDWARE: &str = "hardware";
+/// ttvm's software branch counter (single-stepping; `--clock pmu-emulated`).
+pub const PMU_COUNTER_EMULATED: &str = "emulated";
+/// PMU clock: guest nanoseconds per tick (retired conditional branch).
+pub const NS_PER_TICK: &str = "ns_per_tick";

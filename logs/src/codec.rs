@@ -128,6 +128,15 @@ pub fn encode_event(buf: &mut Vec<u8>, prev_position: u64, record: &EventRecord)
                 put_varint(buf, *r);
             }
         }
+        Event::PmuStop {
+            rip,
+            rcx,
+            asynchronous,
+        } => {
+            put_varint(buf, *rip);
+            put_varint(buf, *rcx);
+            buf.push(u8::from(*asynchronous));
+        }
     }
 }
 
@@ -349,6 +358,11 @@ impl<'a> Decoder<'a> {
                 let regs = (0..n).map(|_| self.varint()).collect::<Result<_, _>>()?;
                 Event::Registers { regs }
             }
+            EventKind::PmuStop => Event::PmuStop {
+                rip: self.varint()?,
+                rcx: self.varint()?,
+                asynchronous: self.u8()? != 0,
+            },
         };
         Ok(EventRecord { position, event })
     }

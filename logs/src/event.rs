@@ -95,6 +95,19 @@ pub enum Event {
         /// The register values.
         regs: Vec<u64>,
     },
+    /// Pmu clock only: the machine stopped here and what follows (up to the next stop)
+    /// happened at this stop. `position` counts retired conditional branches; RIP and RCX
+    /// make it exact (rep-string iterations share ticks and RIP). `asynchronous`: the stop
+    /// was a counter overflow or a kick (replay converges to it), not a guest exit (replay
+    /// meets it by running).
+    PmuStop {
+        /// The next instruction.
+        rip: u64,
+        /// RCX there.
+        rcx: u64,
+        /// An overflow or kick rather than a guest exit.
+        asynchronous: bool,
+    },
 }
 
 /// Why a recording ended.
@@ -164,11 +177,13 @@ pub enum EventKind {
     End,
     /// [`Event::Registers`]
     Registers,
+    /// [`Event::PmuStop`]
+    PmuStop,
 }
 
 impl EventKind {
     /// Every kind, in tag order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Interrupt,
         EventKind::SerialInput,
         EventKind::SerialHangup,
@@ -182,6 +197,7 @@ impl EventKind {
         EventKind::StateDigest,
         EventKind::End,
         EventKind::Registers,
+        EventKind::PmuStop,
     ];
 
     /// Number of kinds this version knows.
@@ -203,6 +219,7 @@ impl EventKind {
             EventKind::StateDigest => 11,
             EventKind::End => 12,
             EventKind::Registers => 13,
+            EventKind::PmuStop => 14,
         }
     }
 
@@ -232,6 +249,7 @@ impl EventKind {
             EventKind::StateDigest => "state_digest",
             EventKind::End => "end",
             EventKind::Registers => "registers",
+            EventKind::PmuStop => "pmu_stop",
         }
     }
 }
@@ -259,6 +277,7 @@ impl Event {
             Event::StateDigest { .. } => EventKind::StateDigest,
             Event::End { .. } => EventKind::End,
             Event::Registers { .. } => EventKind::Registers,
+            Event::PmuStop { .. } => EventKind::PmuStop,
         }
     }
 }
@@ -324,6 +343,15 @@ impl std::fmt::Display for Event {
                 }
                 write!(f, "]")
             }
+            Event::PmuStop {
+                rip,
+                rcx,
+                asynchronous,
+            } => write!(
+                f,
+                " rip={rip:#x} rcx={rcx:#x} {}",
+                if *asynchronous { "async" } else { "exit" }
+            ),
         }
     }
 }

@@ -270,6 +270,11 @@ impl TraceWriter {
         &self.header
     }
 
+    /// The position of the last event pushed (0 before any).
+    pub fn last_position(&self) -> u64 {
+        self.last_position
+    }
+
     /// Events pushed so far.
     pub fn event_count(&self) -> u64 {
         self.total_events

@@ -34,6 +34,13 @@ fn event() -> impl Strategy<Value = Event> {
         any::<u64>().prop_map(|digest| Event::StateDigest { digest }),
         proptest::collection::vec(any::<u64>(), 0..20).prop_map(|regs| Event::Registers { regs }),
         end_reason().prop_map(|reason| Event::End { reason }),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(rip, rcx, asynchronous)| {
+            Event::PmuStop {
+                rip,
+                rcx,
+                asynchronous,
+            }
+        }),
     ]
 }
 
