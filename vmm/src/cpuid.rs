@@ -181,3 +181,16 @@ mod tests {
         assert_eq!(l7.ebx & bit(11), 0, "no RTM");
     }
 }
+
+/// Hides RDRAND (CPUID.1:ECX[30]) and RDSEED (CPUID.7.0:EBX[18]): under the pmu clock the
+/// guest runs freely and KVM's API cannot trap them, so their values could not be recorded.
+/// Guests that check CPUID (as they must) then take another source of randomness.
+pub fn hide_untrappable_randomness(entries: &mut [CpuidEntry]) {
+    for e in entries {
+        match (e.function, e.index) {
+            (1, _) => e.ecx &= !bit(30),
+            (7, 0) => e.ebx &= !bit(18),
+            _ => {}
+        }
+    }
+}

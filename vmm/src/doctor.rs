@@ -152,8 +152,12 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
         ),
         Some(e) => check("pmu", Status::Warn, format!("{event}: {e}{paranoid}")),
     });
-    checks.push(pmu_accuracy_check(kvm.as_ref(), &pmu));
-    checks.push(emulated_convergence_check(kvm.as_ref()));
+    let accuracy = pmu_accuracy_check(kvm.as_ref(), &pmu);
+    let pmu_ok = singlestep_ok && accuracy.status == Status::Ok;
+    checks.push(accuracy);
+    let emulated = emulated_convergence_check(kvm.as_ref());
+    let emulated_ok = singlestep_ok && emulated.status == Status::Ok;
+    checks.push(emulated);
     let clocks = vec![
         ClockVerdict {
             clock: "singlestep",
@@ -166,14 +170,33 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
         },
         ClockVerdict {
             clock: "pmu",
-            usable: false,
+            usable: pmu_ok,
             why: match &pmu.error {
                 Some(e) => format!("no guest branch counter here ({e})"),
-                None => "the counter works here (see \"pmu accuracy\"), but this ttvm cannot record with it yet: its free-running record/replay loop is not built".to_string(),
+                None if pmu_ok => "the guest runs at native speed between events; guests that \
+                                   read the TSC do not replay (see README)"
+                    .to_string(),
+                None => {
+                    "the counter opens but failed its self-test (see \"pmu accuracy\")".to_string()
+                }
+            },
+        },
+        ClockVerdict {
+            clock: "pmu-emulated",
+            usable: emulated_ok,
+            why: if emulated_ok {
+                "the pmu clock's loop with a software branch counter: as slow as singlestep, \
+                 for checking pmu recordings without a PMU"
+                    .to_string()
+            } else {
+                "its convergence check failed (see \"pmu convergence (software counter)\")"
+                    .to_string()
             },
         },
     ];
-    let verdict = if singlestep_ok {
+    let verdict = if pmu_ok {
+        "ttvm works here: record uses the pmu clock (auto), singlestep also works".to_string()
+    } else if singlestep_ok {
         "ttvm works here: record and replay use the singlestep clock".to_string()
     } else {
         "ttvm cannot record here: fix the failed checks above".to_string()

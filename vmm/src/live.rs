@@ -31,6 +31,11 @@ impl LiveDriver {
         self.host.now_ns()
     }
 
+    /// Lets host input (serial bytes) kick the vCPU out of a free run.
+    pub fn set_kick(&mut self, kick: crate::kick::KickHandle) {
+        self.host.set_kick(kick);
+    }
+
     /// A flag that, once set (e.g. by a Ctrl-C handler), stops the run at the next step.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop_requested.clone()

@@ -5,39 +5,71 @@
 //! It is slow (one KVM exit per instruction) and exists to run the pmu clock's own code
 //! (the convergence, the self-test harness) against real KVM registers here.
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
 
-use super::kvm::{single_step, KvmTickError};
-use super::{RunStop, StepStop, StopRegs, TickMachine, XorShift};
+use super::kvm::{single_step_noting_kicks, KvmTickError};
+use super::{BoxedTickMachine, BranchCounter, RunStop, StepStop, StopRegs, TickMachine, XorShift};
 use crate::memory::GuestRam;
 use crate::paging::CodeAtRip;
 use crate::vcpu::{Exit, Vcpu};
 
-pub struct EmulatedTickMachine<'a> {
-    vcpu: &'a mut Vcpu,
-    mem: &'a GuestRam,
+/// The software counter's state between runs.
+#[derive(Debug, Clone)]
+pub struct EmulatedCounter {
     ticks: u64,
     armed: Option<u64>,
     max_skid: u64,
     rng: XorShift,
 }
 
-impl<'a> EmulatedTickMachine<'a> {
+impl EmulatedCounter {
     /// A counter at zero; overflows land up to `max_skid` branches late (`seed` picks how
     /// late each time).
-    pub fn new(vcpu: &'a mut Vcpu, mem: &'a GuestRam, max_skid: u64, seed: u64) -> Self {
-        EmulatedTickMachine {
-            vcpu,
-            mem,
+    pub fn new(max_skid: u64, seed: u64) -> Self {
+        EmulatedCounter {
             ticks: 0,
             armed: None,
             max_skid,
             rng: XorShift(seed | 1),
         }
     }
+}
 
-    /// Whether the instruction at RIP is a conditional branch.
-    fn at_branch(&self) -> Result<bool, KvmTickError> {
+impl BranchCounter for EmulatedCounter {
+    fn on<'a>(&'a mut self, vcpu: &'a mut Vcpu, mem: &'a GuestRam) -> BoxedTickMachine<'a> {
+        Box::new(EmulatedTickMachine {
+            vcpu,
+            mem,
+            state: self,
+        })
+    }
+
+    fn margin(&self) -> u64 {
+        self.max_skid + 1
+    }
+}
+
+/// The next instruction, as the software counter sees it.
+enum Next {
+    /// HLT (after STI when `sti`): `len` bytes in all.
+    Halt {
+        len: u64,
+        sti: bool,
+    },
+    Other {
+        branch: bool,
+    },
+}
+
+pub struct EmulatedTickMachine<'a> {
+    vcpu: &'a mut Vcpu,
+    mem: &'a GuestRam,
+    state: &'a mut EmulatedCounter,
+}
+
+impl EmulatedTickMachine<'_> {
+    /// What the instruction at RIP is, for counting and for HLT.
+    fn next_instruction(&self) -> Result<Next, KvmTickError> {
         let regs = self.vcpu.regs()?;
         let sregs = self.vcpu.sregs()?;
         let code = CodeAtRip::fetch(self.mem, &regs, &sregs);
@@ -47,16 +79,67 @@ impl<'a> EmulatedTickMachine<'a> {
         if instruction.is_invalid() {
             return Err(KvmTickError::Decode { rip: regs.rip });
         }
-        Ok(instruction.flow_control() == FlowControl::ConditionalBranch)
+        Ok(match instruction.mnemonic() {
+            Mnemonic::Hlt => Next::Halt { len: 1, sti: false },
+            // STI's shadow covers the HLT: the pair halts as one.
+            Mnemonic::Sti
+                if decoder.can_decode() && decoder.decode().mnemonic() == Mnemonic::Hlt =>
+            {
+                Next::Halt {
+                    len: instruction.len() as u64 + 1,
+                    sti: true,
+                }
+            }
+            _ => Next::Other {
+                branch: instruction.flow_control() == FlowControl::ConditionalBranch,
+            },
+        })
     }
 
-    fn counted_step(&mut self) -> Result<StepStop<Exit>, KvmTickError> {
-        let branch = self.at_branch()?;
-        let stop = single_step(self.vcpu)?;
-        if branch && stop == StepStop::Stepped {
-            self.ticks += 1;
+    /// HLT as KVM reports it when the guest runs freely: an exit with RIP past the HLT.
+    /// (Single-stepped, some KVMs step over a HLT without halting; see HOST-NOTES.)
+    fn halt(&mut self, len: u64, sti: bool) -> Result<StepStop<Exit>, KvmTickError> {
+        let mut regs = self.vcpu.regs()?;
+        regs.rip = regs.rip.wrapping_add(len);
+        if sti {
+            regs.rflags |= 1 << 9;
         }
-        Ok(stop)
+        self.vcpu.set_regs(&regs)?;
+        let mut events = self.vcpu.events()?;
+        if events.interrupt.shadow != 0 {
+            events.interrupt.shadow = 0;
+            self.vcpu.set_events(&events)?;
+        }
+        Ok(StepStop::Exit(Exit::Hlt))
+    }
+
+    fn counted_step(&mut self) -> Result<(StepStop<Exit>, bool), KvmTickError> {
+        let branch = match self.next_instruction()? {
+            Next::Halt { len, sti } => return Ok((self.halt(len, sti)?, false)),
+            Next::Other { branch } => branch,
+        };
+        let (stop, kicked) = single_step_noting_kicks(self.vcpu)?;
+        if branch && stop == StepStop::Stepped {
+            self.state.ticks += 1;
+        }
+        Ok((stop, kicked))
+    }
+
+    fn run_inner(&mut self, stop_on_kick: bool) -> Result<RunStop<Exit>, KvmTickError> {
+        let skid = self.state.rng.next_u64() % (self.state.max_skid + 1);
+        let stop_at = self.state.armed.map(|at| at + skid);
+        loop {
+            if stop_at.is_some_and(|s| self.state.ticks >= s) {
+                return Ok(RunStop::Overflow);
+            }
+            let (stop, kicked) = self.counted_step()?;
+            if let StepStop::Exit(exit) = stop {
+                return Ok(RunStop::Exit(exit));
+            }
+            if kicked && stop_on_kick {
+                return Ok(RunStop::Kicked);
+            }
+        }
     }
 }
 
@@ -65,34 +148,29 @@ impl TickMachine for EmulatedTickMachine<'_> {
     type Error = KvmTickError;
 
     fn ticks(&mut self) -> Result<u64, KvmTickError> {
-        Ok(self.ticks)
+        Ok(self.state.ticks)
     }
 
     fn arm_overflow(&mut self, at: u64) -> Result<(), KvmTickError> {
-        self.armed = Some(at);
+        self.state.armed = Some(at);
         Ok(())
     }
 
     fn disarm_overflow(&mut self) -> Result<(), KvmTickError> {
-        self.armed = None;
+        self.state.armed = None;
         Ok(())
     }
 
     fn run(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
-        let skid = self.rng.next_u64() % (self.max_skid + 1);
-        let stop_at = self.armed.map(|at| at + skid);
-        loop {
-            if stop_at.is_some_and(|s| self.ticks >= s) {
-                return Ok(RunStop::Overflow);
-            }
-            if let StepStop::Exit(exit) = self.counted_step()? {
-                return Ok(RunStop::Exit(exit));
-            }
-        }
+        self.run_inner(false)
+    }
+
+    fn run_until_kick(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
+        self.run_inner(true)
     }
 
     fn step(&mut self) -> Result<StepStop<Exit>, KvmTickError> {
-        self.counted_step()
+        Ok(self.counted_step()?.0)
     }
 
     fn regs(&mut self) -> Result<StopRegs, KvmTickError> {

@@ -3,7 +3,10 @@
 //! [`crate::step_probe`]).
 
 use super::perf::{PerfBranchCounter, PerfError};
-use super::{RunStop, StepStop, StopRegs, TickMachine};
+use super::{
+    skid_margin, BoxedTickMachine, BranchCounter, RunStop, StepStop, StopRegs, TickMachine,
+};
+use crate::memory::GuestRam;
 use crate::vcpu::{Exit, Vcpu, VcpuError};
 
 #[derive(Debug, thiserror::Error)]
@@ -12,10 +15,37 @@ pub enum KvmTickError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Perf(#[from] PerfError),
-    #[error("single-step ended with {0:?} instead of a debug exit")]
-    UnexpectedStepExit(Box<Exit>),
     #[error("the instruction at {rip:#x} cannot be fetched or decoded")]
     Decode { rip: u64 },
+}
+
+/// The real counter's state between runs: the perf event and the overflow armed on it.
+pub struct PerfState {
+    counter: PerfBranchCounter,
+    armed: Option<u64>,
+}
+
+impl PerfState {
+    pub fn new(counter: PerfBranchCounter) -> Self {
+        PerfState {
+            counter,
+            armed: None,
+        }
+    }
+
+    pub fn event(&self) -> &super::BranchEvent {
+        self.counter.event()
+    }
+}
+
+impl BranchCounter for PerfState {
+    fn on<'a>(&'a mut self, vcpu: &'a mut Vcpu, _mem: &'a GuestRam) -> BoxedTickMachine<'a> {
+        Box::new(KvmTickMachine { vcpu, state: self })
+    }
+
+    fn margin(&self) -> u64 {
+        skid_margin(&self.counter.event().vendor)
+    }
 }
 
 /// A vCPU counted by a guest-only branch counter opened on this (the vCPU's) thread. The
@@ -24,64 +54,19 @@ pub enum KvmTickError {
 /// count is also checked before every run.
 pub struct KvmTickMachine<'a> {
     vcpu: &'a mut Vcpu,
-    counter: PerfBranchCounter,
-    armed: Option<u64>,
+    state: &'a mut PerfState,
 }
 
-impl<'a> KvmTickMachine<'a> {
-    pub fn new(vcpu: &'a mut Vcpu, counter: PerfBranchCounter) -> Self {
-        KvmTickMachine {
-            vcpu,
-            counter,
-            armed: None,
-        }
-    }
-
+impl KvmTickMachine<'_> {
     fn reached_overflow(&self) -> Result<bool, PerfError> {
-        Ok(match self.armed {
-            Some(at) => self.counter.read()? >= at,
+        Ok(match self.state.armed {
+            Some(at) => self.state.counter.read()? >= at,
             None => false,
         })
     }
-}
 
-/// Executes exactly one guest instruction (re-arming single-step first, as every KVM
-/// needs); I/O, MMIO and HLT exits on the way are handed back.
-pub(crate) fn single_step(vcpu: &mut Vcpu) -> Result<StepStop<Exit>, KvmTickError> {
-    loop {
-        vcpu.set_guest_debug(true, None)?;
-        match vcpu.run()? {
-            Exit::Debug { .. } => return Ok(StepStop::Stepped),
-            Exit::Interrupted => vcpu.set_immediate_exit(false),
-            Exit::Hlt => return Ok(StepStop::Exit(Exit::Hlt)),
-            exit @ (Exit::IoIn { .. }
-            | Exit::IoOut { .. }
-            | Exit::MmioRead { .. }
-            | Exit::MmioWrite { .. }) => return Ok(StepStop::Exit(exit)),
-            other => return Err(KvmTickError::UnexpectedStepExit(Box::new(other))),
-        }
-    }
-}
-
-impl TickMachine for KvmTickMachine<'_> {
-    type Exit = Exit;
-    type Error = KvmTickError;
-
-    fn ticks(&mut self) -> Result<u64, KvmTickError> {
-        Ok(self.counter.read()?)
-    }
-
-    fn arm_overflow(&mut self, at: u64) -> Result<(), KvmTickError> {
-        self.armed = Some(at);
-        Ok(self.counter.arm(at)?)
-    }
-
-    fn disarm_overflow(&mut self) -> Result<(), KvmTickError> {
-        self.armed = None;
-        Ok(self.counter.disarm()?)
-    }
-
-    fn run(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
+    /// Runs freely; a kick that is not the overflow ends the run only if `stop_on_kick`.
+    fn run_inner(&mut self, stop_on_kick: bool) -> Result<RunStop<Exit>, KvmTickError> {
         self.vcpu.set_guest_debug(false, None)?;
         loop {
             if self.reached_overflow()? {
@@ -90,11 +75,65 @@ impl TickMachine for KvmTickMachine<'_> {
             match self.vcpu.run()? {
                 Exit::Interrupted => {
                     self.vcpu.set_immediate_exit(false);
-                    // Another kick (not ours) only ends this run early: go on.
+                    if stop_on_kick && !self.reached_overflow()? {
+                        return Ok(RunStop::Kicked);
+                    }
                 }
                 exit => return Ok(RunStop::Exit(exit)),
             }
         }
+    }
+}
+
+/// Executes exactly one guest instruction (re-arming single-step first, as every KVM
+/// needs); any other exit on the way (I/O, MMIO, HLT, interrupt window, shutdown...) is
+/// handed back. The flag says whether a kick interrupted the step (it is retried).
+pub(crate) fn single_step_noting_kicks(
+    vcpu: &mut Vcpu,
+) -> Result<(StepStop<Exit>, bool), KvmTickError> {
+    let mut kicked = false;
+    loop {
+        vcpu.set_guest_debug(true, None)?;
+        match vcpu.run()? {
+            Exit::Debug { .. } => return Ok((StepStop::Stepped, kicked)),
+            Exit::Interrupted => {
+                vcpu.set_immediate_exit(false);
+                kicked = true;
+            }
+            exit => return Ok((StepStop::Exit(exit), kicked)),
+        }
+    }
+}
+
+/// [`single_step_noting_kicks`] for callers that ignore kicks.
+pub(crate) fn single_step(vcpu: &mut Vcpu) -> Result<StepStop<Exit>, KvmTickError> {
+    Ok(single_step_noting_kicks(vcpu)?.0)
+}
+
+impl TickMachine for KvmTickMachine<'_> {
+    type Exit = Exit;
+    type Error = KvmTickError;
+
+    fn ticks(&mut self) -> Result<u64, KvmTickError> {
+        Ok(self.state.counter.read()?)
+    }
+
+    fn arm_overflow(&mut self, at: u64) -> Result<(), KvmTickError> {
+        self.state.armed = Some(at);
+        Ok(self.state.counter.arm(at)?)
+    }
+
+    fn disarm_overflow(&mut self) -> Result<(), KvmTickError> {
+        self.state.armed = None;
+        Ok(self.state.counter.disarm()?)
+    }
+
+    fn run(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
+        self.run_inner(false)
+    }
+
+    fn run_until_kick(&mut self) -> Result<RunStop<Exit>, KvmTickError> {
+        self.run_inner(true)
     }
 
     fn step(&mut self) -> Result<StepStop<Exit>, KvmTickError> {

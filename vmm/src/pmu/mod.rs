@@ -21,6 +21,7 @@ pub mod emulated;
 pub mod kvm;
 pub mod perf;
 pub mod probe;
+pub mod run;
 pub mod selftest;
 #[cfg(test)]
 mod sim;
@@ -96,6 +97,8 @@ pub enum RunStop<E> {
     /// The guest exited to the VMM (I/O, halt...): the caller handles it, then converges
     /// again.
     Exit(E),
+    /// Another kick (serial input arrived): only from [`TickMachine::run_until_kick`].
+    Kicked,
 }
 
 /// Why a single step stopped.
@@ -115,11 +118,32 @@ pub trait TickMachine {
     /// Interrupt the next free run once the counter reaches `at` (it may stop later).
     fn arm_overflow(&mut self, at: u64) -> Result<(), Self::Error>;
     fn disarm_overflow(&mut self) -> Result<(), Self::Error>;
-    /// Runs the guest freely until the overflow or an exit.
+    /// Runs the guest freely until the overflow or an exit; other kicks are ignored.
     fn run(&mut self) -> Result<RunStop<Self::Exit>, Self::Error>;
+    /// Runs the guest freely until the overflow, an exit or any kick (recording: a kick
+    /// means host input to deliver).
+    fn run_until_kick(&mut self) -> Result<RunStop<Self::Exit>, Self::Error> {
+        self.run()
+    }
     /// Executes exactly one guest instruction (one rep-string iteration).
     fn step(&mut self) -> Result<StepStop<Self::Exit>, Self::Error>;
     fn regs(&mut self) -> Result<StopRegs, Self::Error>;
+}
+
+/// A [`TickMachine`] on a real vCPU.
+pub type BoxedTickMachine<'a> =
+    Box<dyn TickMachine<Exit = crate::vcpu::Exit, Error = kvm::KvmTickError> + 'a>;
+
+/// A branch counter's state, kept between runs; `on` lends it to a vCPU as a
+/// [`TickMachine`] for one phase of the loop.
+pub trait BranchCounter {
+    fn on<'a>(
+        &'a mut self,
+        vcpu: &'a mut crate::vcpu::Vcpu,
+        mem: &'a crate::memory::GuestRam,
+    ) -> BoxedTickMachine<'a>;
+    /// The skid allowance for [`converge`] with this counter.
+    fn margin(&self) -> u64;
 }
 
 /// The skid allowance, in retired conditional branches: how long before a target the
