@@ -65,6 +65,7 @@ fn measure(name: &str, cmdline: &str) -> Figures {
             location: TraceLocation::Exact(dir.clone()),
             progress: false,
             checkpoints: Default::default(),
+            clock: ttvm_recorder::RecordClock::Singlestep,
         };
         let recording = record(
             opts,

@@ -14,9 +14,19 @@ fn doctor_reports_clocks_and_the_pmu_with_reasons() {
     let singlestep = clocks.iter().find(|c| c["clock"] == "singlestep").unwrap();
     assert_eq!(singlestep["usable"], true, "{d}");
     let pmu = clocks.iter().find(|c| c["clock"] == "pmu").unwrap();
-    assert_eq!(pmu["usable"], false, "no pmu clock in this version");
     assert!(!pmu["why"].as_str().unwrap().is_empty());
     let checks = d["checks"].as_array().unwrap();
+    let accuracy = checks.iter().find(|c| c["name"] == "pmu accuracy").unwrap();
+    assert_eq!(
+        pmu["usable"],
+        accuracy["status"] == "ok",
+        "the pmu clock is usable exactly when its self-test passes: {d}"
+    );
+    let emulated = clocks
+        .iter()
+        .find(|c| c["clock"] == "pmu-emulated")
+        .unwrap();
+    assert_eq!(emulated["usable"], true, "{d}");
     let pmu_check = checks.iter().find(|c| c["name"] == "pmu").unwrap();
     if pmu_check["status"] != "ok" {
         // A host without a usable PMU (like the project's machines): the errno and what it

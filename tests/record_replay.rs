@@ -9,9 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ttvm_logs::{
-    CloseInfo, Event, EventRecord, TraceLocation, TraceMeta, TraceReader, TraceWriter,
-};
+use ttvm_logs::{Event, TraceReader};
 
 struct Recorded {
     dir: PathBuf,
@@ -202,36 +200,6 @@ fn echo_input_is_in_the_trace_with_its_positions() {
 }
 
 /// Copies `src` to a new trace at `dst` with `edit` applied to the events.
-fn tampered_copy(src: &Path, dst: &Path, edit: impl Fn(u64, &mut EventRecord)) {
-    let mut reader = TraceReader::open(src).unwrap();
-    let header = reader.header().clone();
-    let meta = TraceMeta {
-        guest_name: header.guest_name.clone(),
-        ttvm_version: header.ttvm_version.clone(),
-        machine: header.machine.clone(),
-        clock: header.clock.clone(),
-        host: header.host.clone(),
-        guest_image_name: header.guest_image.name.clone(),
-    };
-    let image = reader.guest_image().unwrap();
-    let mut writer =
-        TraceWriter::create(&TraceLocation::Exact(dst.to_path_buf()), &meta, &image).unwrap();
-    for (i, rec) in reader.events().enumerate() {
-        let mut rec = rec.unwrap();
-        edit(i as u64, &mut rec);
-        writer.push(rec).unwrap();
-    }
-    let close = header.close.unwrap();
-    writer
-        .finish(CloseInfo {
-            end_reason: close.end_reason,
-            final_position: close.final_position,
-            duration: Duration::from_nanos(close.duration_nanos),
-            counters: close.counters,
-        })
-        .unwrap();
-}
-
 fn assert_diverges(trace: &Path, needle: &str) {
     let o = run(&["replay", "--quiet", trace.to_str().unwrap()]);
     let err = stderr(&o);

@@ -29,6 +29,7 @@ pub fn record_guest(name: &str, cmdline: &str, trace: &Path, every: CheckpointEv
             location: TraceLocation::Exact(trace.to_path_buf()),
             progress: false,
             checkpoints: every,
+            clock: ttvm_recorder::RecordClock::Singlestep,
         },
         image,
         Box::new(io::sink()),

@@ -3,10 +3,14 @@
 use std::collections::BTreeMap;
 
 use ttvm_logs::clock_params::{
-    KVM_MODULE, NS_PER_STEP, SINGLESTEP_CLOCK, STEP_REARM, TSC_BASE, WALL_CLOCK,
+    KVM_MODULE, NS_PER_STEP, NS_PER_TICK, PMU_CLOCK, PMU_COUNTER, PMU_COUNTER_EMULATED,
+    PMU_COUNTER_HARDWARE, PMU_EVENT, PMU_SKID, PMU_VENDOR, SINGLESTEP_CLOCK, STEP_REARM, TSC_BASE,
+    WALL_CLOCK,
 };
 use ttvm_logs::{ClockInfo, CpuidEntry as TraceCpuid, EndReason};
 use ttvm_vmm::cpuid::CpuidEntry;
+use ttvm_vmm::pmu::probe::BranchEvent;
+use ttvm_vmm::pmu::run::TickTime;
 use ttvm_vmm::step_probe::StepSemantics;
 use ttvm_vmm::stepping::{BootFacts, TimeConfig};
 use ttvm_vmm::RunEnd;
@@ -48,6 +52,64 @@ pub fn singlestep_clock(
              per VMM-emulated RDTSC/RDTSCP/RDRAND/RDSEED/RDMSR-TSC/HLT); guest ns = steps * \
              {} + time skipped while halted; TSC = tsc_base + guest ns",
             time.ns_per_step
+        ),
+        params,
+    }
+}
+
+/// Which branch counter a pmu-clock trace was recorded with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmuCounterInfo {
+    pub counter: &'static str,
+    pub vendor: String,
+    pub event: String,
+    pub margin: u64,
+}
+
+impl PmuCounterInfo {
+    pub fn hardware(event: &BranchEvent, margin: u64) -> Self {
+        PmuCounterInfo {
+            counter: PMU_COUNTER_HARDWARE,
+            vendor: event.vendor.clone(),
+            event: format!("{:#x}", event.config),
+            margin,
+        }
+    }
+
+    pub fn emulated(margin: u64) -> Self {
+        PmuCounterInfo {
+            counter: PMU_COUNTER_EMULATED,
+            vendor: "ttvm".to_string(),
+            event: "software: conditional branches decoded by iced-x86".to_string(),
+            margin,
+        }
+    }
+}
+
+/// The pmu clock's description in the header.
+pub fn pmu_clock(
+    time: TickTime,
+    facts: BootFacts,
+    kvm_module: &str,
+    counter: &PmuCounterInfo,
+) -> ClockInfo {
+    let mut params = BTreeMap::new();
+    params.insert(PMU_COUNTER.to_string(), counter.counter.to_string());
+    params.insert(PMU_VENDOR.to_string(), counter.vendor.clone());
+    params.insert(PMU_EVENT.to_string(), counter.event.clone());
+    params.insert(PMU_SKID.to_string(), counter.margin.to_string());
+    params.insert(NS_PER_TICK.to_string(), time.ns_per_tick.to_string());
+    params.insert(TSC_BASE.to_string(), facts.tsc_base.to_string());
+    params.insert(WALL_CLOCK.to_string(), facts.wall_clock_ns.to_string());
+    params.insert(KVM_MODULE.to_string(), kvm_module.to_string());
+    ClockInfo {
+        name: PMU_CLOCK.to_string(),
+        semantics: format!(
+            "positions count retired conditional branches in guest mode ({} counter, {} on \
+             {}), made exact by RIP and RCX at each logged stop; guest ns = ticks * {} + time \
+             skipped while halted; the guest reads the host's TSC (not recorded) and sees no \
+             RDRAND/RDSEED",
+            counter.counter, counter.event, counter.vendor, time.ns_per_tick
         ),
         params,
     }

@@ -31,6 +31,8 @@ pub struct RecordingDriver<'w> {
     last_progress: Instant,
     pub(crate) steps_at_last_tick: u64,
     pub(crate) checkpointer: Checkpointer,
+    /// Pmu clock: the current stop's marker, logged before the first event at that stop.
+    pub(crate) pending_stop: Option<EventRecord>,
 }
 
 impl<'w> RecordingDriver<'w> {
@@ -53,6 +55,7 @@ impl<'w> RecordingDriver<'w> {
             last_progress: now,
             steps_at_last_tick: 0,
             checkpointer: Checkpointer::new(checkpoints),
+            pending_stop: None,
         }
     }
 
@@ -76,8 +79,34 @@ impl<'w> RecordingDriver<'w> {
         }
     }
 
-    fn log(&mut self, position: Position, event: Event) -> Result<(), WriteError> {
+    pub(crate) fn log(&mut self, position: Position, event: Event) -> Result<(), WriteError> {
+        if let Some(stop) = self.pending_stop.take() {
+            self.writer.push(stop)?;
+        }
         self.writer.push(EventRecord { position, event })
+    }
+
+    pub(crate) fn push(&mut self, record: EventRecord) -> Result<(), WriteError> {
+        self.writer.push(record)
+    }
+
+    /// Flushes the trace and reports progress every so often, and says whether the user
+    /// asked to stop.
+    pub(crate) fn tick_and_check_stop(&mut self, pos: Position) -> Result<bool, WriteError> {
+        if pos.wrapping_sub(self.steps_at_last_tick) >= TICK_STEPS {
+            self.steps_at_last_tick = pos;
+            self.writer.tick()?;
+            self.report_progress(pos);
+        }
+        Ok(self.stop.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn live_mut(&mut self) -> &mut LiveDriver {
+        &mut self.live
+    }
+
+    pub(crate) fn trace_dir(&self) -> &std::path::Path {
+        self.writer.dir()
     }
 
     fn report_progress(&mut self, pos: Position) {
@@ -89,7 +118,7 @@ impl<'w> RecordingDriver<'w> {
         let secs = now.duration_since(self.started).as_secs_f64();
         let _ = writeln!(
             std::io::stderr(),
-            "ttvm: recording: step {pos}, {} events, {:.0} steps/s",
+            "ttvm: recording: position {pos}, {} events, {:.0} positions/s",
             self.writer.event_count(),
             pos as f64 / secs.max(1e-9)
         );
@@ -104,12 +133,7 @@ impl StepDriver for RecordingDriver<'_> {
     }
 
     fn boundary(&mut self, pos: Position, m: &Machine) -> Result<Option<Stop>, WriteError> {
-        if pos.wrapping_sub(self.steps_at_last_tick) >= TICK_STEPS {
-            self.steps_at_last_tick = pos;
-            self.writer.tick()?;
-            self.report_progress(pos);
-        }
-        if self.stop.load(Ordering::Relaxed) {
+        if self.tick_and_check_stop(pos)? {
             return Ok(Some(Stop::Interrupted));
         }
         Ok((m.at_fresh_position() && self.checkpointer.due(pos)).then_some(Stop::Reached))

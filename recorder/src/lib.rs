@@ -6,6 +6,7 @@ pub mod checkpoints;
 pub mod clock_choice;
 pub mod convert;
 pub mod driver;
+mod ticked;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd, SerialSou
 
 use crate::chaos::{ChaosDriver, ChaosPlan};
 use crate::checkpoints::{CheckpointEvery, CheckpointStats};
+pub use crate::clock_choice::RecordClock;
 use crate::driver::RecordingDriver;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub enum RecordError {
     Location(#[from] LocationError),
     #[error("writing the trace failed: {0}")]
     Write(#[from] WriteError),
+    #[error("{0}")]
+    Ticked(String),
 }
 
 /// What to record.
@@ -49,8 +53,10 @@ pub struct RecordOptions {
     pub location: TraceLocation,
     /// Print progress lines on stderr during long recordings.
     pub progress: bool,
-    /// How often to write a checkpoint into the trace.
+    /// How often to write a checkpoint into the trace (single-step clock only).
     pub checkpoints: CheckpointEvery,
+    /// The position clock.
+    pub clock: RecordClock,
 }
 
 /// A finished recording.
@@ -59,7 +65,10 @@ pub struct Recording {
     pub trace_dir: PathBuf,
     /// How the guest ended (None: stopped by the user).
     pub end: Option<RunEnd>,
+    /// The final position: single steps, or ticks under the pmu clock.
     pub steps: u64,
+    /// What `steps` counts ("steps" or "ticks").
+    pub position_unit: &'static str,
     pub events: u64,
     pub duration: Duration,
     pub checkpoints: CheckpointStats,
@@ -75,6 +84,52 @@ impl Recording {
     }
 }
 
+/// A VMM failure is still an end worth keeping: closes the trace with it.
+pub(crate) fn close_after_vmm_error(
+    mut writer: TraceWriter,
+    position: u64,
+    e: &dyn std::error::Error,
+) -> Result<(), WriteError> {
+    let message = e.to_string();
+    writer.push(EventRecord {
+        position,
+        event: Event::End {
+            reason: EndReason::VmmError {
+                message: message.clone(),
+            },
+        },
+    })?;
+    writer.finish(CloseInfo {
+        end_reason: EndReason::VmmError { message },
+        final_position: position,
+        duration: Duration::ZERO,
+        counters: BTreeMap::new(),
+    })?;
+    Ok(())
+}
+
+/// The trace's end reason for a run that ended with `end` (None: stopped by the user, which
+/// is logged here; a guest end was logged by the driver).
+pub(crate) fn end_reason_logged(
+    writer: &mut TraceWriter,
+    end: Option<&RunEnd>,
+    position: u64,
+) -> Result<EndReason, WriteError> {
+    Ok(match end {
+        Some(end) => convert::end_reason(end),
+        None => {
+            let reason = EndReason::Interrupted;
+            writer.push(EventRecord {
+                position,
+                event: Event::End {
+                    reason: reason.clone(),
+                },
+            })?;
+            reason
+        }
+    })
+}
+
 /// Records `image` to a new trace. `stop` ends the recording cleanly when set (Ctrl-C).
 pub fn record(
     opts: RecordOptions,
@@ -83,6 +138,9 @@ pub fn record(
     serial_in: SerialSource,
     stop: Arc<AtomicBool>,
 ) -> Result<Recording, RecordError> {
+    if opts.clock != RecordClock::Singlestep {
+        return ticked::record(opts, image, serial_out, serial_in, stop);
+    }
     // Build the machine first: bad input fails before a trace directory is created.
     let mut machine = Machine::new(opts.machine.clone(), image, serial_out)?;
     let mut live = LiveDriver::new(serial_in);
@@ -149,39 +207,11 @@ pub fn record(
         Ok(report) => report,
         Err(SteppedError::Driver(e)) => return Err(e.into()),
         Err(SteppedError::Machine(e)) => {
-            // A VMM failure is still an end worth keeping: close the trace with it.
-            let message = e.to_string();
-            let position = machine.position();
-            writer.push(EventRecord {
-                position,
-                event: Event::End {
-                    reason: EndReason::VmmError {
-                        message: message.clone(),
-                    },
-                },
-            })?;
-            writer.finish(CloseInfo {
-                end_reason: EndReason::VmmError { message },
-                final_position: position,
-                duration: Duration::ZERO,
-                counters: BTreeMap::new(),
-            })?;
+            close_after_vmm_error(writer, machine.position(), &e)?;
             return Err(e.into());
         }
     };
-    let end_reason = match &report.end {
-        Some(end) => convert::end_reason(end),
-        None => {
-            let reason = EndReason::Interrupted;
-            writer.push(EventRecord {
-                position: report.position,
-                event: Event::End {
-                    reason: reason.clone(),
-                },
-            })?;
-            reason
-        }
-    };
+    let end_reason = end_reason_logged(&mut writer, report.end.as_ref(), report.position)?;
     let stats = machine.stats();
     let mut counters = BTreeMap::new();
     counters.insert("steps".to_string(), report.position);
@@ -202,6 +232,7 @@ pub fn record(
         trace_dir,
         end: report.end,
         steps: report.position,
+        position_unit: "steps",
         events: summary.event_count,
         duration: report.duration,
         checkpoints: checkpoint_stats,

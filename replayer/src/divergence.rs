@@ -18,6 +18,9 @@ pub struct Divergence {
     pub registers: Option<RegSnapshot>,
     /// Registers that differ from the recording's, when the trace had them.
     pub register_diff: Vec<String>,
+    /// What typically causes a divergence of this kind of trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl std::fmt::Display for Divergence {
@@ -37,6 +40,9 @@ impl std::fmt::Display for Divergence {
             for line in &self.register_diff {
                 write!(f, "\n    {line}")?;
             }
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  likely cause: {hint}")?;
         }
         if let Some(regs) = &self.registers {
             write!(f, "\n  registers at divergence:")?;

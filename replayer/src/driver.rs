@@ -122,6 +122,21 @@ impl ReplayDriver {
         self.next.as_ref().map(|(i, r)| (*i, r))
     }
 
+    /// The next unconsumed record.
+    pub(crate) fn peek(&self) -> Option<&EventRecord> {
+        self.next.as_ref().map(|(_, r)| r)
+    }
+
+    /// Where the trace ends early (the recorder did not finish), once the reader met it.
+    pub(crate) fn ends_early(&self) -> Option<u64> {
+        self.ends_early
+    }
+
+    /// Whether our own user asked to stop.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     /// The trace's header.
     pub fn header(&self) -> &ttvm_logs::TraceHeader {
         self.reader.header()
@@ -148,14 +163,14 @@ impl ReplayDriver {
     }
 
     /// The next event if it is at `pos`.
-    fn at(&self, pos: Position) -> Option<&Event> {
+    pub(crate) fn at(&self, pos: Position) -> Option<&Event> {
         match &self.next {
             Some((_, rec)) if rec.position == pos => Some(&rec.event),
             _ => None,
         }
     }
 
-    fn consume(&mut self) -> Result<(u64, EventRecord), DriverError> {
+    pub(crate) fn consume(&mut self) -> Result<(u64, EventRecord), DriverError> {
         let taken = self.next.take();
         self.fetch()?;
         self.consumed += 1;
@@ -164,7 +179,7 @@ impl ReplayDriver {
         })
     }
 
-    fn describe_next(&self) -> String {
+    pub(crate) fn describe_next(&self) -> String {
         match &self.next {
             Some((i, rec)) => format!("event #{i} at position {}: {:?}", rec.position, rec.event),
             None => match self.ends_early {
@@ -174,7 +189,7 @@ impl ReplayDriver {
         }
     }
 
-    fn diverge(&self, pos: Position, expected: String, actual: String) -> DriverError {
+    pub(crate) fn diverge(&self, pos: Position, expected: String, actual: String) -> DriverError {
         DriverError::Divergence(Box::new(Divergence {
             event_index: self.next.as_ref().map(|(i, _)| *i),
             position: pos,
@@ -182,6 +197,7 @@ impl ReplayDriver {
             actual,
             registers: self.last_regs,
             register_diff: Vec::new(),
+            hint: None,
         }))
     }
 
@@ -358,6 +374,7 @@ impl StepDriver for ReplayDriver {
                 actual: format!("the interrupt controllers delivered vector {vector:#x}"),
                 registers: self.last_regs,
                 register_diff: Vec::new(),
+                hint: None,
             }))),
             None => Err(self.diverge(
                 pos,

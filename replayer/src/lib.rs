@@ -4,6 +4,7 @@
 pub mod divergence;
 pub mod driver;
 pub mod store;
+pub mod ticked;
 pub mod timeline;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub enum ReplayError {
     Divergence(Box<Divergence>),
     #[error("reading the trace failed during replay: {0}")]
     Read(ReadError),
+    #[error("{0}")]
+    Counter(String),
 }
 
 impl ReplayError {
@@ -91,7 +94,10 @@ impl Replay {
     }
 }
 
-fn param<T: std::str::FromStr>(header: &TraceHeader, key: &str) -> Result<T, ReplayError> {
+pub(crate) fn param<T: std::str::FromStr>(
+    header: &TraceHeader,
+    key: &str,
+) -> Result<T, ReplayError> {
     header
         .clock
         .params
@@ -106,7 +112,7 @@ fn param<T: std::str::FromStr>(header: &TraceHeader, key: &str) -> Result<T, Rep
 
 /// Why a trace of the performance-counter clock cannot be replayed here: the counter's
 /// semantics (vendor, event) must be reproducible on this host first.
-fn pmu_refusal(header: &TraceHeader) -> String {
+pub(crate) fn pmu_refusal(header: &TraceHeader) -> String {
     use clock_params::*;
     let params = &header.clock.params;
     let vendor = params
@@ -129,10 +135,7 @@ fn pmu_refusal(header: &TraceHeader) -> String {
                 here.config, here.vendor
             )
         }
-        (Some(_), None) => format!(
-            "{recorded}; this host could count the same event, but this ttvm cannot replay \
-             pmu-clock traces yet"
-        ),
+        (Some(_), None) => format!("{recorded}, and this host counts the same event"),
     }
 }
 
@@ -140,7 +143,12 @@ fn pmu_refusal(header: &TraceHeader) -> String {
 pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), ReplayError> {
     use clock_params::*;
     if header.clock.name == PMU_CLOCK {
-        return Err(ReplayError::Unsupported(pmu_refusal(header)));
+        return Err(ReplayError::Unsupported(
+            "it was recorded with the pmu clock: `ttvm replay TRACE` replays it from start to \
+             end, but seeking (--goto, gdb) needs checkpoints at single-step positions, which \
+             only --clock singlestep recordings have"
+                .to_string(),
+        ));
     }
     if header.clock.name != SINGLESTEP_CLOCK {
         return Err(ReplayError::Unsupported(format!(
@@ -173,9 +181,20 @@ pub fn prepare(
     trace: &Path,
     serial_out: SerialOutput,
 ) -> Result<(Machine, TraceReader, TimeConfig, BootFacts), ReplayError> {
+    let header = TraceReader::open(trace)?.header().clone();
+    let (time, facts) = check_clock(&header)?;
+    let (mut machine, reader) = machine_for(trace, serial_out)?;
+    check_step_semantics(&header, &mut machine)?;
+    Ok((machine, reader, time, facts))
+}
+
+/// Opens `trace` and builds the machine it was recorded on (memory, command line, CPUID).
+pub(crate) fn machine_for(
+    trace: &Path,
+    serial_out: SerialOutput,
+) -> Result<(Machine, TraceReader), ReplayError> {
     let reader = TraceReader::open(trace)?;
     let header = reader.header().clone();
-    let (time, facts) = check_clock(&header)?;
     let image = reader.guest_image()?;
     let cpuid = header
         .machine
@@ -197,7 +216,11 @@ pub fn prepare(
         cpuid: Some(cpuid),
         ..MachineConfig::default()
     };
-    let mut machine = Machine::new(config, &image, serial_out)?;
+    let machine = Machine::new(config, &image, serial_out)?;
+    Ok((machine, reader))
+}
+
+fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(), ReplayError> {
     // Same KVM module but different stepping behaviour (another kernel version, other
     // module parameters): positions would not line up either.
     if let Some(recorded) = header.clock.params.get(clock_params::STEP_REARM) {
@@ -223,7 +246,7 @@ pub fn prepare(
             )));
         }
     }
-    Ok((machine, reader, time, facts))
+    Ok(())
 }
 
 /// Replays `trace` from the start to its end (or `target`), writing the guest's serial
@@ -234,6 +257,15 @@ pub fn replay(
     stop: Arc<AtomicBool>,
     target: Option<Position>,
 ) -> Result<Replay, ReplayError> {
+    let header = TraceReader::open(trace)?.header().clone();
+    if ticked::is_pmu(&header) {
+        if target.is_some() {
+            return Err(check_clock(&header).err().unwrap_or_else(|| {
+                ReplayError::Unsupported("no seeking in pmu-clock traces".to_string())
+            }));
+        }
+        return ticked::replay(trace, &header, serial_out, stop);
+    }
     let (mut machine, reader, time, facts) = prepare(trace, serial_out)?;
     let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
     driver.set_target(target);
@@ -255,7 +287,20 @@ pub fn replay(
         }
         Err(SteppedError::Driver(e)) => return Err(driver_error(e)),
     };
-    let result = match (&report.end, driver.stop_cause) {
+    Ok(Replay {
+        result: result_of(&report.end, driver.stop_cause),
+        trace: trace.to_path_buf(),
+        position: report.position,
+        events: driver.events_consumed(),
+        final_digest: format!("{:#018x}", report.final_digest),
+        seconds: report.duration.as_secs_f64(),
+        end: report.end,
+    })
+}
+
+/// How a replay that ended with `end` and stopped for `cause` turned out.
+pub(crate) fn result_of(end: &Option<RunEnd>, cause: Option<StopCause>) -> ReplayResult {
+    match (end, cause) {
         (Some(end), _) => ReplayResult::Reproduced {
             end: end.to_string(),
             exit_code: end.exit_code(),
@@ -265,16 +310,7 @@ pub fn replay(
         }
         (None, Some(StopCause::RecordingInterrupted)) => ReplayResult::RecordingInterrupted,
         (None, _) => ReplayResult::Stopped,
-    };
-    Ok(Replay {
-        result,
-        trace: trace.to_path_buf(),
-        position: report.position,
-        events: driver.events_consumed(),
-        final_digest: format!("{:#018x}", report.final_digest),
-        seconds: report.duration.as_secs_f64(),
-        end: report.end,
-    })
+    }
 }
 
 pub(crate) fn driver_error(e: DriverError) -> ReplayError {

@@ -48,6 +48,7 @@ fn record_guest(dir: &Path, name: &str, every: CheckpointEvery) -> PathBuf {
             location: TraceLocation::Exact(trace.clone()),
             progress: false,
             checkpoints: every,
+            clock: ttvm_recorder::RecordClock::Singlestep,
         },
         &image,
         Box::new(std::io::sink()),

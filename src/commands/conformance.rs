@@ -38,6 +38,8 @@ struct GuestResult {
     replay_seconds: f64,
     steps: u64,
     trace_bytes: u64,
+    /// The pmu clock (software counter) run: final ticks, or None if skipped or failed.
+    pmu_ticks: Option<u64>,
     problems: Vec<String>,
 }
 
@@ -239,11 +241,52 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
             (0, String::new())
         }
     };
+    let (replay_seconds, replay_problems) =
+        check_replays(work, name, &trace, &rec, (position, &digest), 2)?;
+    problems.extend(replay_problems);
+    if let Err(e) = check_seek(work, name, &trace) {
+        problems.push(format!("seek: {e:#}"));
+    }
+    let pmu_ticks = match check_pmu_clock(work, name) {
+        Ok((ticks, found)) => {
+            let failed = !found.is_empty();
+            problems.extend(found.into_iter().map(|p| format!("pmu clock: {p}")));
+            ticks.filter(|_| !failed)
+        }
+        Err(e) => {
+            problems.push(format!("pmu clock: {e:#}"));
+            None
+        }
+    };
+    Ok(GuestResult {
+        guest: name.to_string(),
+        run_status: run.status,
+        record_status: rec.status,
+        record_seconds: rec.seconds,
+        replay_seconds,
+        steps: position,
+        trace_bytes: dir_size(&trace),
+        pmu_ticks,
+        problems,
+    })
+}
+
+/// Replays `trace` `times` times: serial output, exit status, final position and digest
+/// must be the recording's (`position`, `digest`). Returns the mean replay time and the problems found.
+fn check_replays(
+    work: &Path,
+    name: &str,
+    trace: &Path,
+    rec: &Outcome,
+    (position, digest): (u64, &str),
+    times: usize,
+) -> anyhow::Result<(f64, Vec<String>)> {
+    let mut problems = Vec::new();
     let mut replay_seconds = 0.0;
-    for i in 0..2 {
+    for i in 0..times {
         let out = work.join(format!("{name}.replay{i}.out"));
-        let rep = ttvm(&["replay", "--json", &trace_s], &out)?;
-        replay_seconds += rep.seconds / 2.0;
+        let rep = ttvm(&["replay", "--json", &trace.to_string_lossy()], &out)?;
+        replay_seconds += rep.seconds / times as f64;
         if rep.serial != rec.serial {
             problems.push(format!(
                 "replay {i}: serial output differs from the recording"
@@ -266,7 +309,7 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
                         v["position"]
                     ));
                 }
-                if v["final_digest"] != digest.as_str() {
+                if v["final_digest"] != digest {
                     problems.push(format!(
                         "replay {i}: final digest {} != recorded {digest}",
                         v["final_digest"]
@@ -280,19 +323,58 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
             )),
         }
     }
-    if let Err(e) = check_seek(work, name, &trace) {
-        problems.push(format!("seek: {e:#}"));
+    Ok((replay_seconds, problems))
+}
+
+/// The pmu clock's loop with the software branch counter (every host has it): record and
+/// replay must agree. Guests reading the TSC are skipped (the pmu clock cannot record it);
+/// race gets a fixed seed and a fast timer, so its interrupts land while it computes and
+/// the replay converges to those stops.
+fn check_pmu_clock(work: &Path, name: &str) -> anyhow::Result<(Option<u64>, Vec<String>)> {
+    let extra: &[&str] = match name {
+        "entropy" => return Ok((None, Vec::new())),
+        "race" => &[
+            "--time-rate",
+            "1000",
+            "--cmdline",
+            "race.seed=7 race.hz=20000",
+        ],
+        _ => &[],
+    };
+    let elf = work
+        .join(format!("{name}.elf"))
+        .to_string_lossy()
+        .into_owned();
+    let input = work.join("echo-input").to_string_lossy().into_owned();
+    let trace = work.join(format!("{name}-pmu-trace"));
+    let trace_s = trace.to_string_lossy().into_owned();
+    let mut args = vec![
+        "record",
+        "--no-progress",
+        "--clock",
+        "pmu-emulated",
+        "-o",
+        &trace_s,
+    ];
+    args.extend_from_slice(extra);
+    if name == "echo" {
+        args.extend(["--serial-in", &input]);
     }
-    Ok(GuestResult {
-        guest: name.to_string(),
-        run_status: run.status,
-        record_status: rec.status,
-        record_seconds: rec.seconds,
-        replay_seconds,
-        steps: position,
-        trace_bytes: dir_size(&trace),
-        problems,
-    })
+    args.push(&elf);
+    let rec = ttvm(&args, &work.join(format!("{name}.pmu.rec.out")))?;
+    if !rec.stderr.contains("ttvm: trace:") {
+        return Ok((None, vec![format!("record failed: {}", rec.stderr.trim())]));
+    }
+    let (position, digest) = recorded_final(&trace)?;
+    let replays = check_replays(
+        work,
+        &format!("{name}.pmu"),
+        &trace,
+        &rec,
+        (position, &digest),
+        1,
+    );
+    Ok((Some(position), replays?.1))
 }
 
 /// `replay --goto` to the last register snapshot of the trace (through a checkpoint
@@ -395,13 +477,13 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<i32> {
 fn print_report(r: &Report) {
     println!("conformance on {} ({})", r.kvm_module, r.cpu);
     println!(
-        "{:<8} {:>6} {:>6} {:>9} {:>9} {:>7} {:>9}  result",
-        "guest", "run", "record", "record s", "replay s", "steps", "trace B"
+        "{:<8} {:>6} {:>6} {:>9} {:>9} {:>7} {:>9} {:>9}  result",
+        "guest", "run", "record", "record s", "replay s", "steps", "trace B", "pmu ticks"
     );
     for g in &r.guests {
         let status = |s: Option<i32>| s.map_or("-".to_string(), |c| c.to_string());
         println!(
-            "{:<8} {:>6} {:>6} {:>9.2} {:>9.2} {:>7} {:>9}  {}",
+            "{:<8} {:>6} {:>6} {:>9.2} {:>9.2} {:>7} {:>9} {:>9}  {}",
             g.guest,
             status(g.run_status),
             status(g.record_status),
@@ -409,6 +491,7 @@ fn print_report(r: &Report) {
             g.replay_seconds,
             g.steps,
             g.trace_bytes,
+            g.pmu_ticks.map_or("-".to_string(), |t| t.to_string()),
             if g.problems.is_empty() {
                 "PASS"
             } else {

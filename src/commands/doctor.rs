@@ -29,7 +29,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<i32> {
         }
         for c in &d.clocks {
             println!(
-                "clock {:<10} {}: {}",
+                "clock {:<12} {}: {}",
                 c.clock,
                 if c.usable { "usable" } else { "not usable" },
                 c.why

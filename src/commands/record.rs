@@ -7,8 +7,9 @@ use clap::Args;
 use ttvm_logs::TraceLocation;
 use ttvm_recorder::checkpoints::CheckpointEvery;
 use ttvm_recorder::clock_choice::{self, ClockChoice};
-use ttvm_recorder::{record, RecordOptions};
+use ttvm_recorder::{record, RecordClock, RecordOptions};
 use ttvm_vmm::elf_image::read_image_file;
+use ttvm_vmm::pmu::selftest;
 use ttvm_vmm::stepping::TimeConfig;
 
 use super::interrupt::stop_flag;
@@ -23,7 +24,7 @@ pub struct RecordArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub machine: MachineArgs,
-    /// Guest nanoseconds per step (virtual time rate).
+    /// Guest nanoseconds per step (virtual time rate); per tick with the pmu clock.
     #[arg(long, value_name = "NS", default_value_t = TimeConfig::default().ns_per_step)]
     pub time_rate: u64,
     /// Checkpoint spacing in the trace: positions (30000), seconds of recording (0.5s), or
@@ -32,7 +33,13 @@ pub struct RecordArgs {
     pub checkpoint_every: CheckpointEvery,
     /// Position clock: `pmu` (hardware branch counter), `singlestep`, or `auto` (pmu when it
     /// works here, else singlestep with a note saying why). `ttvm doctor` shows what works.
-    #[arg(long, value_name = "auto|pmu|singlestep", default_value = "auto")]
+    /// `pmu-emulated` runs the pmu clock with ttvm's software branch counter (as slow as
+    /// singlestep; for checking pmu recordings on hosts without a PMU).
+    #[arg(
+        long,
+        value_name = "auto|pmu|singlestep|pmu-emulated",
+        default_value = "auto"
+    )]
     pub clock: ClockChoice,
     /// Never print progress lines (by default they appear on a terminal's stderr).
     #[arg(long)]
@@ -68,19 +75,33 @@ pub fn record_image(
 ) -> anyhow::Result<i32> {
     // A bad image is the first thing to say, before any note about clocks.
     ttvm_vmm::elf_image::parse(image, args.machine.machine_config().mem_bytes)?;
-    let selection = clock_choice::select(args.clock, &ttvm_vmm::pmu::probe::probe())?;
-    if let Some(note) = &selection.note {
-        eprintln!("ttvm: note: {note}");
-    }
+    let clock = if args.chaos.chaos {
+        // Chaos perturbs the single-step clock's timing model.
+        match args.clock {
+            ClockChoice::Pmu | ClockChoice::PmuEmulated => anyhow::bail!(
+                "--chaos works with the single-step clock: drop --clock or use --clock singlestep"
+            ),
+            ClockChoice::Auto | ClockChoice::Singlestep => RecordClock::Singlestep,
+        }
+    } else {
+        let selection =
+            clock_choice::select(args.clock, &ttvm_vmm::pmu::probe::probe(), |event| {
+                selftest::verdict(event, 4)
+            })?;
+        if let Some(note) = &selection.note {
+            eprintln!("ttvm: note: {note}");
+        }
+        selection.clock
+    };
     if let Some(runs) = args.chaos.until_fail {
-        return until_fail::run(args, image, name, image_name, runs);
+        return until_fail::run(args, &clock, image, name, image_name, runs);
     }
     let location = match &args.output {
         Some(dir) => TraceLocation::Exact(dir.clone()),
         None => TraceLocation::default_root()?,
     };
     let seed = args.chaos.first_seed();
-    let opts = record_options(args, name, image_name, location, seed);
+    let opts = record_options(args, &clock, name, image_name, location, seed);
     let recording = record(
         opts,
         image,
@@ -94,14 +115,15 @@ pub fn record_image(
     }
     match &recording.end {
         Some(end) => eprintln!(
-            "ttvm: {end} ({} steps, {} events, {} checkpoints, {:.2} s)",
+            "ttvm: {end} ({} {}, {} events, {} checkpoints, {:.2} s)",
             recording.steps,
+            recording.position_unit,
             recording.events,
             recording.checkpoints.count,
             recording.duration.as_secs_f64()
         ),
         None => eprintln!(
-            "ttvm: recording stopped by the user at step {} ({} events)",
+            "ttvm: recording stopped by the user at position {} ({} events)",
             recording.steps, recording.events
         ),
     }
@@ -112,6 +134,7 @@ pub fn record_image(
 /// The recorder's options for `args`, a trace location and a chaos seed.
 pub fn record_options(
     args: &RecordArgs,
+    clock: &RecordClock,
     name: &str,
     image_name: &str,
     location: TraceLocation,
@@ -128,5 +151,6 @@ pub fn record_options(
         location,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         checkpoints: args.checkpoint_every,
+        clock: clock.clone(),
     }
 }

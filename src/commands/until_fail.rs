@@ -26,6 +26,7 @@ use ttvm_vmm::{RunEnd, SerialSource};
 
 use super::interrupt::stop_flag;
 use super::record::{record_options, RecordArgs};
+use ttvm_recorder::RecordClock;
 
 /// `--until-fail`: a failing run was found; its trace is kept.
 pub const EXIT_FAILURE_KEPT: i32 = 117;
@@ -299,6 +300,7 @@ fn restore_latest(root: &Path, previous: Option<PathBuf>) {
 /// Records up to `max_runs` runs of `image`; returns the exit code.
 pub fn run(
     args: &RecordArgs,
+    clock: &RecordClock,
     image: &[u8],
     name: &str,
     image_name: &str,
@@ -327,7 +329,7 @@ pub fn run(
             regex: opts.fail_on.clone(),
             ..Tap::default()
         }));
-        let rec_opts = record_options(args, name, image_name, location.clone(), seed);
+        let rec_opts = record_options(args, clock, name, image_name, location.clone(), seed);
         let recording = record(
             rec_opts,
             image,

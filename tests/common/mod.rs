@@ -54,3 +54,42 @@ pub fn assert_run(o: &Output, status: i32, expected_stdout: &str) {
         stderr(o)
     );
 }
+
+/// Copies the trace `src` to `dst` through the trace writer, letting `edit` change event i.
+pub fn tampered_copy(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    edit: impl Fn(u64, &mut ttvm_logs::EventRecord),
+) {
+    let mut reader = ttvm_logs::TraceReader::open(src).unwrap();
+    let header = reader.header().clone();
+    let meta = ttvm_logs::TraceMeta {
+        guest_name: header.guest_name.clone(),
+        ttvm_version: header.ttvm_version.clone(),
+        machine: header.machine.clone(),
+        clock: header.clock.clone(),
+        host: header.host.clone(),
+        guest_image_name: header.guest_image.name.clone(),
+    };
+    let image = reader.guest_image().unwrap();
+    let mut writer = ttvm_logs::TraceWriter::create(
+        &ttvm_logs::TraceLocation::Exact(dst.to_path_buf()),
+        &meta,
+        &image,
+    )
+    .unwrap();
+    for (i, rec) in reader.events().enumerate() {
+        let mut rec = rec.unwrap();
+        edit(i as u64, &mut rec);
+        writer.push(rec).unwrap();
+    }
+    let close = header.close.unwrap();
+    writer
+        .finish(ttvm_logs::CloseInfo {
+            end_reason: close.end_reason,
+            final_position: close.final_position,
+            duration: std::time::Duration::from_nanos(close.duration_nanos),
+            counters: close.counters,
+        })
+        .unwrap();
+}

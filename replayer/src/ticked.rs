@@ -1,0 +1,209 @@
+//! Replaying a pmu-clock trace: the guest runs freely between stops; each recorded
+//! `pmu_stop` is met again, either by running to the guest exit it was (checked against the
+//! recorded ticks, RIP and RCX) or by converging to it exactly (an overflow or a kick in the
+//! recording), and what the recording did there is done again.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use ttvm_logs::clock_params;
+use ttvm_logs::{EndReason, Event, TraceHeader};
+use ttvm_vmm::devices::serial::SerialOutput;
+use ttvm_vmm::host_kvm;
+use ttvm_vmm::pmu::emulated::EmulatedCounter;
+use ttvm_vmm::pmu::kvm::PerfState;
+use ttvm_vmm::pmu::perf::PerfBranchCounter;
+use ttvm_vmm::pmu::run::{RunPlan, TickDriver, TickTime, TickedError};
+use ttvm_vmm::pmu::{BranchCounter, TickPosition};
+use ttvm_vmm::stepping::{BootFacts, Stop};
+
+use crate::driver::{DriverError, ReplayDriver, StopCause};
+use crate::{driver_error, machine_for, param, pmu_refusal, Replay, ReplayError, ReplayResult};
+
+impl TickDriver for ReplayDriver {
+    fn stop_at(
+        &mut self,
+        at: &TickPosition,
+        asynchronous: bool,
+    ) -> Result<Option<Stop>, DriverError> {
+        if self.stop_requested() {
+            self.stop_cause = Some(StopCause::UserStop);
+            return Ok(Some(Stop::Interrupted));
+        }
+        let recorded = self.peek().map(|rec| (rec.position, rec.event.clone()));
+        match recorded {
+            Some((
+                ticks,
+                Event::PmuStop {
+                    rip,
+                    rcx,
+                    asynchronous: a,
+                },
+            )) if ticks == at.ticks && rip == at.rip && rcx == at.rcx && a == asynchronous => {
+                self.consume()?;
+            }
+            Some((ticks, _)) if ticks < at.ticks => {
+                return Err(self.diverge(
+                    at.ticks,
+                    self.describe_next(),
+                    format!("the replay reached {at} without stopping there"),
+                ))
+            }
+            None => {
+                return match self.ends_early() {
+                    Some(after_event) => {
+                        self.stop_cause = Some(StopCause::EndsEarly { after_event });
+                        Ok(Some(Stop::Reached))
+                    }
+                    None => Err(self.diverge(
+                        at.ticks,
+                        "the run to have ended (the trace has no more events)".to_string(),
+                        format!("the guest is still running at {at}"),
+                    )),
+                }
+            }
+            _ => return Ok(None),
+        }
+        if let Some(Event::End {
+            reason: EndReason::Interrupted,
+        }) = self.at(at.ticks)
+        {
+            self.consume()?;
+            self.stop_cause = Some(StopCause::RecordingInterrupted);
+            return Ok(Some(Stop::Reached));
+        }
+        Ok(None)
+    }
+
+    fn plan(&mut self) -> Result<RunPlan, DriverError> {
+        Ok(match self.peek() {
+            Some(rec) => match rec.event {
+                Event::PmuStop {
+                    rip,
+                    rcx,
+                    asynchronous: true,
+                } => RunPlan::StopAt(TickPosition {
+                    ticks: rec.position,
+                    rip,
+                    rcx,
+                }),
+                _ => RunPlan::ExitBy(Some(rec.position)),
+            },
+            None => match self.ends_early() {
+                Some(after_event) => return Err(DriverError::EndsEarly { after_event }),
+                None => RunPlan::ExitBy(None),
+            },
+        })
+    }
+
+    fn diverged(&mut self, at: &TickPosition, what: String) -> DriverError {
+        self.diverge(at.ticks, self.describe_next(), format!("at {at}: {what}"))
+    }
+}
+
+/// Under the pmu clock the guest runs freely, and two inputs cannot be recorded through
+/// KVM's API: said with every divergence of such a trace.
+const PMU_DIVERGENCE_HINT: &str = "this trace uses the pmu clock, under which the guest \
+    reads the host's TSC directly (RDTSC/RDTSCP/RDMSR cannot be trapped while it runs \
+    freely, so their values are not in the trace): a guest whose path or memory depends on \
+    the TSC replays differently (so does one that uses RDRAND/RDSEED on a KVM that answers \
+    CPUID itself, as PVM does, ignoring the table that hides them). Record such a guest with \
+    --clock singlestep";
+
+/// The counter and time settings a pmu-clock trace needs, if this host can give them.
+fn counter_for(header: &TraceHeader) -> Result<(Box<dyn BranchCounter>, TickTime), ReplayError> {
+    use clock_params::*;
+    let counter: String = param(header, PMU_COUNTER)?;
+    let margin: u64 = param(header, PMU_SKID)?;
+    let time = TickTime {
+        ns_per_tick: param(header, NS_PER_TICK)?,
+    };
+    match counter.as_str() {
+        PMU_COUNTER_EMULATED => {
+            // The software counter single-steps: its positions depend on the KVM.
+            let recorded_kvm: String = param(header, KVM_MODULE)?;
+            let here = host_kvm::kvm_module();
+            if recorded_kvm != here {
+                return Err(ReplayError::Unsupported(format!(
+                    "it was recorded with the emulated branch counter on {recorded_kvm}, and \
+                     this host runs {here}: the counter single-steps, and single steps differ \
+                     between KVM implementations"
+                )));
+            }
+            let max_skid = margin.saturating_sub(1);
+            Ok((Box::new(EmulatedCounter::new(max_skid, 0x7e91a7)), time))
+        }
+        PMU_COUNTER_HARDWARE => {
+            let probe = ttvm_vmm::pmu::probe::probe();
+            let vendor: String = param(header, PMU_VENDOR)?;
+            let event: String = param(header, PMU_EVENT)?;
+            match probe.event.filter(|_| probe.error.is_none()) {
+                Some(here) if here.vendor == vendor && format!("{:#x}", here.config) == event => {
+                    let opened = PerfBranchCounter::open(&here).map_err(|e| {
+                        ReplayError::Unsupported(format!(
+                            "cannot open the guest branch counter: {e}"
+                        ))
+                    })?;
+                    Ok((Box::new(PerfState::new(opened)), time))
+                }
+                _ => Err(ReplayError::Unsupported(pmu_refusal(header))),
+            }
+        }
+        other => Err(ReplayError::Unsupported(format!(
+            "it was recorded with a branch counter this ttvm does not know ({other:?})"
+        ))),
+    }
+}
+
+/// Replays a pmu-clock trace from the start to its end.
+pub(crate) fn replay(
+    trace: &Path,
+    header: &TraceHeader,
+    serial_out: SerialOutput,
+    stop: Arc<AtomicBool>,
+) -> Result<Replay, ReplayError> {
+    use clock_params::*;
+    let (mut counter, time) = counter_for(header)?;
+    let facts = BootFacts {
+        wall_clock_ns: param(header, WALL_CLOCK)?,
+        tsc_base: param(header, TSC_BASE)?,
+    };
+    let (mut machine, reader) = machine_for(trace, serial_out)?;
+    let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
+    let report = match machine.run_ticked(&mut *counter, &mut driver, time) {
+        Ok(report) => report,
+        Err(TickedError::Driver(DriverError::EndsEarly { after_event })) => {
+            return Ok(Replay {
+                result: ReplayResult::EndsEarly { after_event },
+                trace: trace.to_path_buf(),
+                position: 0,
+                events: driver.events_consumed(),
+                final_digest: String::new(),
+                seconds: 0.0,
+                end: None,
+            });
+        }
+        Err(TickedError::Driver(DriverError::Divergence(mut d))) => {
+            d.hint = Some(PMU_DIVERGENCE_HINT.to_string());
+            return Err(ReplayError::Divergence(d));
+        }
+        Err(TickedError::Driver(e)) => return Err(driver_error(e)),
+        Err(TickedError::Machine(e)) => return Err(e.into()),
+        Err(e @ TickedError::Counter(_)) => return Err(ReplayError::Counter(e.to_string())),
+    };
+    Ok(Replay {
+        result: crate::result_of(&report.end, driver.stop_cause),
+        trace: trace.to_path_buf(),
+        position: report.position.ticks,
+        events: driver.events_consumed(),
+        final_digest: format!("{:#018x}", report.final_digest),
+        seconds: report.duration.as_secs_f64(),
+        end: report.end,
+    })
+}
+
+/// Whether `header` is a pmu-clock trace.
+pub(crate) fn is_pmu(header: &TraceHeader) -> bool {
+    header.clock.name == clock_params::PMU_CLOCK
+}
