@@ -149,6 +149,19 @@ pub fn to_kvm(entries: &[CpuidEntry]) -> Result<CpuId, CpuidError> {
     CpuId::from_entries(&raw).map_err(|e| CpuidError::Build(format!("{e:?}")))
 }
 
+/// Hides RDRAND (CPUID.1:ECX[30]) and RDSEED (CPUID.7.0:EBX[18]): under the pmu clock the
+/// guest runs freely and KVM's API cannot trap them, so their values could not be recorded.
+/// Guests that check CPUID (as they must) then take another source of randomness.
+pub fn hide_untrappable_randomness(entries: &mut [CpuidEntry]) {
+    for e in entries {
+        match (e.function, e.index) {
+            (1, _) => e.ecx &= !bit(30),
+            (7, 0) => e.ebx &= !bit(18),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,18 +192,5 @@ mod tests {
         assert_eq!(ext.edx & bit(27), 0, "no RDTSCP");
         let l7 = template_entry(entry(7, 0, u32::MAX)).unwrap();
         assert_eq!(l7.ebx & bit(11), 0, "no RTM");
-    }
-}
-
-/// Hides RDRAND (CPUID.1:ECX[30]) and RDSEED (CPUID.7.0:EBX[18]): under the pmu clock the
-/// guest runs freely and KVM's API cannot trap them, so their values could not be recorded.
-/// Guests that check CPUID (as they must) then take another source of randomness.
-pub fn hide_untrappable_randomness(entries: &mut [CpuidEntry]) {
-    for e in entries {
-        match (e.function, e.index) {
-            (1, _) => e.ecx &= !bit(30),
-            (7, 0) => e.ebx &= !bit(18),
-            _ => {}
-        }
     }
 }
