@@ -26,14 +26,15 @@ fn host_pmu() -> PmuProbe {
 }
 
 fn record_hello(dir: &Path, clock: &str) -> std::process::Output {
-    run(&[
-        "record",
-        "-o",
-        dir.to_str().unwrap(),
-        "--clock",
-        clock,
-        guest("hello").to_str().unwrap(),
-    ])
+    record_with(dir, clock, "hello", &[])
+}
+
+fn record_with(dir: &Path, clock: &str, name: &str, extra: &[&str]) -> std::process::Output {
+    let g = guest(name);
+    let mut args = vec!["record", "-o", dir.to_str().unwrap(), "--clock", clock];
+    args.extend_from_slice(extra);
+    args.push(g.to_str().unwrap());
+    run(&args)
 }
 
 #[test]
@@ -152,6 +153,14 @@ fn pmu_clock_on_real_hardware_or_a_visible_skip() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// race with a fixed seed instead of the TSC, and a timer tick every ~10 guest branches.
+const RACE_WITHOUT_TSC: &[&str] = &[
+    "--time-rate",
+    "1000",
+    "--cmdline",
+    "race.seed=7 race.hz=20000",
+];
+
 /// The serial output, exit status and `--json` report of one command.
 struct Ran {
     serial: Vec<u8>,
@@ -198,12 +207,7 @@ fn the_pmu_clock_loop_records_and_replays_every_guest_without_tsc_reads_exactly(
     // race: a fixed seed instead of the TSC, and timer ticks every ~10 guest branches, so
     // interrupts land while the guest computes: the recording stops there by overflow, and
     // the replay must converge to each such stop exactly.
-    let race: &[&str] = &[
-        "--time-rate",
-        "1000",
-        "--cmdline",
-        "race.seed=7 race.hz=20000",
-    ];
+    let race = RACE_WITHOUT_TSC;
     let cases: [(&str, &[&str], Option<i32>); 7] = [
         ("hello", &["--cmdline", "x=1"], Some(0)),
         ("timer", &[], Some(10)),
@@ -313,29 +317,18 @@ fn a_guest_that_reads_the_tsc_is_reported_diverged_under_the_pmu_clock_with_the_
 fn seeking_in_a_pmu_trace_is_refused_with_the_reason_and_bad_clocks_with_chaos_too() {
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("hello");
-    let g = guest("hello");
-    let o = run(&[
-        "record",
-        "-o",
-        trace.to_str().unwrap(),
-        "--clock",
-        "pmu-emulated",
-        g.to_str().unwrap(),
-    ]);
+    let o = record_hello(&trace, "pmu-emulated");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(&["replay", "--goto", "10", trace.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("pmu clock"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--clock singlestep"), "{}", stderr(&o));
-    let o = run(&[
-        "record",
-        "-o",
-        tmp.path().join("chaos").to_str().unwrap(),
-        "--chaos",
-        "--clock",
+    let o = record_with(
+        &tmp.path().join("chaos"),
         "pmu-emulated",
-        g.to_str().unwrap(),
-    ]);
+        "hello",
+        &["--chaos"],
+    );
     assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("--chaos works with the single-step clock"),
@@ -348,19 +341,7 @@ fn seeking_in_a_pmu_trace_is_refused_with_the_reason_and_bad_clocks_with_chaos_t
 fn a_replay_that_goes_another_way_than_the_recorded_stops_is_a_divergence() {
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("race");
-    let g = guest("race");
-    let o = run(&[
-        "record",
-        "-o",
-        trace.to_str().unwrap(),
-        "--clock",
-        "pmu-emulated",
-        "--time-rate",
-        "1000",
-        "--cmdline",
-        "race.seed=7 race.hz=20000",
-        g.to_str().unwrap(),
-    ]);
+    let o = record_with(&trace, "pmu-emulated", "race", RACE_WITHOUT_TSC);
     assert!(stderr(&o).contains("ttvm: trace:"), "{}", stderr(&o));
     let events: Vec<Event> = TraceReader::open(&trace)
         .unwrap()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ttvm_logs::{
-    CloseInfo, EndReason, Event, EventRecord, HostInfo, LocationError,
+    ClockInfo, CloseInfo, EndReason, Event, EventRecord, HostInfo, LocationError,
     MachineConfig as TraceMachine, TraceLocation, TraceMeta, TraceWriter, WriteError,
 };
 use ttvm_vmm::devices::serial::SerialOutput;
@@ -81,6 +81,22 @@ impl Recording {
         self.end
             .as_ref()
             .map_or(ttvm_vmm::exit_code::INTERRUPTED, RunEnd::exit_code)
+    }
+}
+
+/// The trace header's description of this recording.
+pub(crate) fn trace_meta(opts: &RecordOptions, machine: &Machine, clock: ClockInfo) -> TraceMeta {
+    TraceMeta {
+        guest_name: opts.guest_name.clone(),
+        ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
+        machine: TraceMachine {
+            mem_bytes: opts.machine.mem_bytes,
+            cmdline: opts.machine.cmdline.clone(),
+            cpuid: convert::trace_cpuid(machine.cpuid()),
+        },
+        clock,
+        host: HostInfo::detect(),
+        guest_image_name: opts.image_name.clone(),
     }
 }
 
@@ -152,18 +168,11 @@ pub fn record(
     };
     let kvm_module = host_kvm::kvm_module();
     let semantics = machine.probe_step_semantics().map_err(MachineError::from)?;
-    let mut meta = TraceMeta {
-        guest_name: opts.guest_name.clone(),
-        ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
-        machine: TraceMachine {
-            mem_bytes: opts.machine.mem_bytes,
-            cmdline: opts.machine.cmdline.clone(),
-            cpuid: convert::trace_cpuid(machine.cpuid()),
-        },
-        clock: convert::singlestep_clock(time, facts, &kvm_module, semantics),
-        host: HostInfo::detect(),
-        guest_image_name: opts.image_name.clone(),
-    };
+    let mut meta = trace_meta(
+        &opts,
+        &machine,
+        convert::singlestep_clock(time, facts, &kvm_module, semantics),
+    );
     if let Some(plan) = &plan {
         plan.annotate(&mut meta.clock.params);
     }

@@ -7,10 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use ttvm_logs::{
-    CloseInfo, Event, EventRecord, HostInfo, MachineConfig as TraceMachine, TraceMeta, TraceWriter,
-    WriteError,
-};
+use ttvm_logs::{CloseInfo, Event, EventRecord, TraceWriter, WriteError};
 use ttvm_vmm::cpuid::hide_untrappable_randomness;
 use ttvm_vmm::devices::serial::SerialOutput;
 use ttvm_vmm::kick::KickHandle;
@@ -27,7 +24,8 @@ use crate::checkpoints::{CheckpointEvery, CheckpointStats};
 use crate::convert::{self, PmuCounterInfo};
 use crate::driver::RecordingDriver;
 use crate::{
-    close_after_vmm_error, end_reason_logged, RecordClock, RecordError, RecordOptions, Recording,
+    close_after_vmm_error, end_reason_logged, trace_meta, RecordClock, RecordError, RecordOptions,
+    Recording,
 };
 
 impl TickDriver for RecordingDriver<'_> {
@@ -87,13 +85,7 @@ pub(crate) fn record(
     // The guest runs freely: RDRAND/RDSEED cannot be trapped, so the guest is told they do
     // not exist. Bad input fails here, before a trace directory is created.
     let mut config = opts.machine.clone();
-    let mut cpuid = Machine::new(
-        config.clone(),
-        image,
-        Box::new(std::io::sink()) as SerialOutput,
-    )?
-    .cpuid()
-    .to_vec();
+    let mut cpuid = Machine::guest_cpuid(&config)?;
     hide_untrappable_randomness(&mut cpuid);
     config.cpuid = Some(cpuid);
     let mut machine = Machine::new(config, image, serial_out)?;
@@ -115,18 +107,8 @@ pub(crate) fn record(
     let time = TickTime {
         ns_per_tick: opts.time.ns_per_step,
     };
-    let meta = TraceMeta {
-        guest_name: opts.guest_name.clone(),
-        ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
-        machine: TraceMachine {
-            mem_bytes: opts.machine.mem_bytes,
-            cmdline: opts.machine.cmdline.clone(),
-            cpuid: convert::trace_cpuid(machine.cpuid()),
-        },
-        clock: convert::pmu_clock(time, facts, &host_kvm::kvm_module(), &counter_info),
-        host: HostInfo::detect(),
-        guest_image_name: opts.image_name.clone(),
-    };
+    let clock = convert::pmu_clock(time, facts, &host_kvm::kvm_module(), &counter_info);
+    let meta = trace_meta(&opts, &machine, clock);
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
     let trace_dir = writer.dir().to_path_buf();
     let outcome = {

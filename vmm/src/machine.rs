@@ -247,6 +247,18 @@ pub struct Machine {
 impl Machine {
     /// Builds a machine ready to run `image` from its PVH entry point. Bad input (memory
     /// size, image) is reported before KVM is touched.
+    /// The CPUID table a machine built from `config` would give its guest (without
+    /// building one).
+    pub fn guest_cpuid(config: &MachineConfig) -> Result<Vec<CpuidEntry>, MachineError> {
+        match &config.cpuid {
+            Some(table) => Ok(table.clone()),
+            None => {
+                let kvm = kvm_host::open_kvm(&config.kvm_device, RUN_REQUIREMENTS)?;
+                Ok(cpuid::host_template(&kvm)?)
+            }
+        }
+    }
+
     pub fn new(
         config: MachineConfig,
         image: &[u8],

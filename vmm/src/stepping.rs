@@ -577,7 +577,7 @@ impl Machine {
     }
 
     /// Serial input (if `may_receive`) and timers at the current position.
-    fn stepped_inputs<D: StepDriver>(
+    pub(crate) fn stepped_inputs<D: StepDriver>(
         &mut self,
         driver: &mut D,
         pos: Position,

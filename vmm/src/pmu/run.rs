@@ -24,10 +24,9 @@ use super::kvm::KvmTickError;
 use super::{BranchCounter, RunStop, TickPosition};
 use crate::digest::RegSnapshot;
 use crate::end::RunEnd;
-use crate::inputs::SerialPoll;
 use crate::kick::{KickHandle, Kicker};
 use crate::machine::{Machine, MachineError};
-use crate::stepping::{StepDriver, Stop};
+use crate::stepping::{StepDriver, SteppedError, Stop};
 use crate::vcpu::Exit;
 
 /// Single-steps allowed per convergence once the counter is within the margin.
@@ -71,6 +70,15 @@ pub enum TickedError<E: std::error::Error + 'static> {
     Counter(#[from] KvmTickError),
     #[error(transparent)]
     Driver(E),
+}
+
+impl<E: std::error::Error + 'static> From<SteppedError<E>> for TickedError<E> {
+    fn from(e: SteppedError<E>) -> Self {
+        match e {
+            SteppedError::Machine(e) => TickedError::Machine(e),
+            SteppedError::Driver(e) => TickedError::Driver(e),
+        }
+    }
 }
 
 /// Guest time settings of the pmu clock.
@@ -170,7 +178,10 @@ impl Machine {
             // timers, a halted guest's idling, the injection decision.
             let mut skipped_here = false;
             loop {
-                self.tick_inputs(driver, ticks, !skipped_here)?;
+                self.stepped_inputs(driver, ticks, !skipped_here)?;
+                if let Some(e) = self.devices.serial.take_output_error() {
+                    return Err(MachineError::from(e).into());
+                }
                 if let Some(end) = self.pending_end.take() {
                     break 'run (Some(end), at);
                 }
@@ -192,7 +203,7 @@ impl Machine {
                             clock.skipped_ns += deadline.saturating_sub(now);
                             skipped_here = true;
                             self.now_ns = clock.now_ns(ticks);
-                            self.tick_inputs(driver, ticks, false)?;
+                            self.stepped_inputs(driver, ticks, false)?;
                         }
                         None if !can_receive => break 'run (Some(halted_end(regs.rip, true)), at),
                         None => {
@@ -276,35 +287,6 @@ impl Machine {
             duration: started.elapsed(),
             guest_ns: clock.now_ns(at.ticks),
         })
-    }
-
-    /// Serial input (if `may_receive`) and timers at the current stop.
-    fn tick_inputs<D: TickDriver>(
-        &mut self,
-        driver: &mut D,
-        ticks: u64,
-        may_receive: bool,
-    ) -> Result<(), TickedError<D::Error>> {
-        if let Some(e) = self.devices.serial.take_output_error() {
-            return Err(MachineError::from(e).into());
-        }
-        let mut ctx = crate::devices::DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
-        let serial = &mut self.devices.serial;
-        if may_receive && !serial.is_hung_up() {
-            match driver
-                .serial(ticks, serial.rx_room())
-                .map_err(TickedError::Driver)?
-            {
-                SerialPoll::Bytes(bytes) => {
-                    serial.receive(&bytes, &mut ctx);
-                }
-                SerialPoll::Ended => serial.hang_up(),
-                SerialPoll::Nothing => {}
-            }
-        }
-        self.devices.poll_timers(&mut ctx);
-        self.apply(ctx, |_| 0);
-        Ok(())
     }
 
     /// Runs from the stop `at` to the next one, as the driver's plan says.
