@@ -25,7 +25,13 @@ pub struct ConformanceArgs {
     /// refused up front with a reason, never diverge.
     #[arg(long, value_name = "DIR")]
     pub foreign_trace: Option<PathBuf>,
+    /// Print every command on stderr before it runs (to see where a host hangs).
+    #[arg(long)]
+    pub verbose: bool,
 }
+
+/// `--verbose`: every command is printed before it runs.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 const ECHO_INPUT: &[u8] = b"conformance input\nsecond line\n";
 
@@ -68,6 +74,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 /// that exceeds `COMMAND_TIMEOUT` is killed and reported as hung.
 fn ttvm(args: &[&str], serial_out: &Path) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find the ttvm binary")?;
+    if VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("ttvm conformance:   ttvm {}", args.join(" "));
+    }
     let started = Instant::now();
     let _ = std::fs::remove_file(serial_out);
     let out_path = serial_out.with_extension("stdout");
@@ -431,6 +440,7 @@ fn check_foreign(work: &Path, trace: &Path) -> anyhow::Result<String> {
 }
 
 pub fn run(args: &ConformanceArgs) -> anyhow::Result<i32> {
+    VERBOSE.store(args.verbose, std::sync::atomic::Ordering::Relaxed);
     let tmp;
     let work = match &args.keep {
         Some(dir) => {
