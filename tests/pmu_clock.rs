@@ -401,3 +401,59 @@ fn a_replay_that_goes_another_way_than_the_recorded_stops_is_a_divergence() {
     );
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
+
+/// Live input from a pipe, arriving while the guest polls the UART and later while it
+/// sleeps: the reader thread kicks the vCPU, the recording stops where the kick lands (or at
+/// the next exit) and delivers the bytes there; the replay delivers them at the same stops.
+#[test]
+fn live_input_under_the_pmu_clock_is_delivered_where_it_arrived_and_replays_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("echo");
+    let mut child = ttvm()
+        .args([
+            "record",
+            "--clock",
+            "pmu-emulated",
+            "--serial-in",
+            "-",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(guest("echo"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for piece in [&b"ab"[..], b"c\n", b"def\n"] {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        stdin.write_all(piece).unwrap();
+        stdin.flush().unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"echo: ready\nABC\nDEF\necho: 8 bytes\n");
+    // Where the input was delivered: at an overflow/kick stop or at a guest exit.
+    let mut after_async = None;
+    let (mut at_kicks, mut at_exits) = (0, 0);
+    for rec in TraceReader::open(&trace).unwrap().events() {
+        match rec.unwrap().event {
+            Event::PmuStop { asynchronous, .. } => after_async = Some(asynchronous),
+            Event::SerialInput { .. } if after_async == Some(true) => at_kicks += 1,
+            Event::SerialInput { .. } => at_exits += 1,
+            _ => {}
+        }
+    }
+    assert!(at_kicks + at_exits >= 2, "input arrived in pieces");
+    eprintln!("live input: {at_kicks} deliveries at kick stops, {at_exits} at exit stops");
+    let rep = run_to_file(
+        tmp.path(),
+        "rep",
+        &["replay", "--json", trace.to_str().unwrap()],
+    );
+    let json = rep.json.unwrap_or_else(|| panic!("{}", rep.stderr));
+    assert_eq!(json["result"], "reproduced", "{json}");
+    assert_eq!(rep.serial, out.stdout);
+}
