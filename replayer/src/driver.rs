@@ -56,6 +56,8 @@ pub struct ReplayDriver {
     watch: Option<Watch>,
     /// Do not evaluate the watch at this position (the one a resumed run starts at).
     watch_skip: Option<Position>,
+    /// Progress lines on stderr (`ttvm replay` on a terminal).
+    pub(crate) progress: Option<crate::progress::Progress>,
 }
 
 impl ReplayDriver {
@@ -77,9 +79,21 @@ impl ReplayDriver {
             last_regs: None,
             watch: None,
             watch_skip: None,
+            progress: None,
         };
         d.fetch()?;
         Ok(d)
+    }
+
+    /// Print progress lines on stderr while replaying.
+    pub fn show_progress(&mut self) {
+        let total = self
+            .reader
+            .header()
+            .close
+            .as_ref()
+            .map(|c| c.final_position);
+        self.progress = Some(crate::progress::Progress::new(total));
     }
 
     /// Stop when the machine reaches `pos` (before anything happens there).
@@ -250,6 +264,9 @@ impl StepDriver for ReplayDriver {
     }
 
     fn boundary(&mut self, pos: Position, m: &Machine) -> Result<Option<Stop>, DriverError> {
+        if let Some(progress) = self.progress.as_mut() {
+            progress.at(pos, false);
+        }
         if self.stop.load(Ordering::Relaxed) {
             self.stop_cause = Some(StopCause::UserStop);
             return Ok(Some(Stop::Interrupted));

@@ -3,6 +3,7 @@
 
 pub mod divergence;
 pub mod driver;
+pub mod progress;
 pub mod store;
 pub mod ticked;
 pub mod timeline;
@@ -257,6 +258,17 @@ pub fn replay(
     stop: Arc<AtomicBool>,
     target: Option<Position>,
 ) -> Result<Replay, ReplayError> {
+    replay_with_progress(trace, serial_out, stop, target, false)
+}
+
+/// [`replay`], printing progress lines on stderr every couple of seconds if `progress`.
+pub fn replay_with_progress(
+    trace: &Path,
+    serial_out: SerialOutput,
+    stop: Arc<AtomicBool>,
+    target: Option<Position>,
+    progress: bool,
+) -> Result<Replay, ReplayError> {
     let header = TraceReader::open(trace)?.header().clone();
     if ticked::is_pmu(&header) {
         if target.is_some() {
@@ -264,11 +276,14 @@ pub fn replay(
                 ReplayError::Unsupported("no seeking in pmu-clock traces".to_string())
             }));
         }
-        return ticked::replay(trace, &header, serial_out, stop);
+        return ticked::replay(trace, &header, serial_out, stop, progress);
     }
     let (mut machine, reader, time, facts) = prepare(trace, serial_out)?;
     let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
     driver.set_target(target);
+    if progress {
+        driver.show_progress();
+    }
     let report = match machine.run_stepped(&mut driver, time) {
         Ok(report) => report,
         Err(SteppedError::Machine(e)) => return Err(e.into()),

@@ -27,6 +27,9 @@ impl TickDriver for ReplayDriver {
         at: &TickPosition,
         asynchronous: bool,
     ) -> Result<Option<Stop>, DriverError> {
+        if let Some(progress) = self.progress.as_mut() {
+            progress.at(at.ticks, true);
+        }
         if self.stop_requested() {
             self.stop_cause = Some(StopCause::UserStop);
             return Ok(Some(Stop::Interrupted));
@@ -162,6 +165,7 @@ pub(crate) fn replay(
     header: &TraceHeader,
     serial_out: SerialOutput,
     stop: Arc<AtomicBool>,
+    progress: bool,
 ) -> Result<Replay, ReplayError> {
     use clock_params::*;
     let (mut counter, time) = counter_for(header)?;
@@ -171,6 +175,9 @@ pub(crate) fn replay(
     };
     let (mut machine, reader) = machine_for(trace, serial_out)?;
     let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
+    if progress {
+        driver.show_progress();
+    }
     let report = match machine.run_ticked(&mut *counter, &mut driver, time) {
         Ok(report) => report,
         Err(TickedError::Driver(DriverError::EndsEarly { after_event })) => {

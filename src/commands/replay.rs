@@ -1,13 +1,13 @@
 //! `ttvm replay`: re-run a trace exactly, or check that it replays (`--verify`).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use ttvm_logs::{default_trace_root, resolve_trace};
-use ttvm_replayer::{replay, ReplayError, ReplayResult};
+use ttvm_replayer::{replay_with_progress, ReplayError, ReplayResult};
 use ttvm_vmm::devices::serial::SerialOutput;
 
 use super::interrupt::stop_flag;
@@ -38,6 +38,9 @@ pub struct ReplayArgs {
     /// running it: `target remote` from gdb, forwards and backwards.
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = super::debug::parse_listen)]
     pub gdb: Option<std::net::SocketAddr>,
+    /// Never print progress lines (by default they appear on a terminal's stderr).
+    #[arg(long)]
+    pub no_progress: bool,
     /// Memory budget for the replayer's own checkpoints (e.g. 256M).
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub checkpoint_mem: String,
@@ -74,7 +77,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
         None if args.quiet || args.verify || args.json => Box::new(io::sink()),
         None => Box::new(io::stdout()),
     };
-    let outcome = replay(&trace, serial_out, stop_flag(), None);
+    let progress = !args.no_progress && io::stderr().is_terminal();
+    let outcome = replay_with_progress(&trace, serial_out, stop_flag(), None, progress);
     let _ = io::stdout().flush();
     let replay = match outcome {
         Ok(replay) => replay,
