@@ -426,32 +426,19 @@ impl Machine {
             // injection decision happen in this order within one pass, whatever the number
             // of passes the live host needs, so record and replay see the same sequence.
             if st.halted {
-                if regs.rflags & RFLAGS_IF == 0 {
-                    break (Some(halted_end(&regs, false)), None);
-                }
-                if !self.devices.pic.has_pending() {
-                    let serial = &self.devices.serial;
-                    let can_receive = may_receive && !serial.is_hung_up() && serial.rx_room() > 0;
-                    match self.devices.next_timer_deadline_ns() {
-                        Some(deadline) => {
-                            if driver
-                                .idle(pos, deadline, can_receive)
-                                .map_err(SteppedError::Driver)?
-                            {
-                                continue;
-                            }
-                            st.clock.skip_to(deadline);
-                            st.skipped_at = Some(pos);
-                            self.now_ns = st.clock.now_ns();
-                            self.poll_timers();
-                        }
-                        // Nothing can ever wake the guest.
-                        None if !can_receive => break (Some(halted_end(&regs, true)), None),
-                        None => {
-                            driver.wait_for_input(pos).map_err(SteppedError::Driver)?;
-                            continue;
-                        }
+                match self
+                    .idle_while_halted(driver, pos, &regs, may_receive)
+                    .map_err(SteppedError::Driver)?
+                {
+                    Halted::End(end) => break (Some(end), None),
+                    Halted::Again => continue,
+                    Halted::SkipTo(deadline) => {
+                        st.clock.skip_to(deadline);
+                        st.skipped_at = Some(pos);
+                        self.now_ns = st.clock.now_ns();
+                        self.poll_timers();
                     }
+                    Halted::Wake => {}
                 }
             }
             let pending = self.devices.pic.has_pending();
@@ -570,10 +557,41 @@ impl Machine {
     }
 
     /// Timer interrupts due at the current guest time.
-    fn poll_timers(&mut self) {
+    pub(crate) fn poll_timers(&mut self) {
         let mut ctx = DeviceCtx::new(self.now_ns, self.boot_wall_clock_ns);
         self.devices.poll_timers(&mut ctx);
         self.apply(ctx, |_| 0);
+    }
+
+    /// What a halted guest does at position `pos` (registers `regs`), the same for both
+    /// clocks: it cannot wake with interrupts off; it wakes if an interrupt is pending;
+    /// otherwise the driver may wait for the host clock or for input (then the position is
+    /// looked at again), or guest time skips to the next timer deadline; with no deadline
+    /// and no input possible, nothing can ever wake it.
+    pub(crate) fn idle_while_halted<D: StepDriver>(
+        &mut self,
+        driver: &mut D,
+        pos: Position,
+        regs: &kvm_regs,
+        may_receive: bool,
+    ) -> Result<Halted, D::Error> {
+        if regs.rflags & RFLAGS_IF == 0 {
+            return Ok(Halted::End(halted_end(regs, false)));
+        }
+        if self.devices.pic.has_pending() {
+            return Ok(Halted::Wake);
+        }
+        let serial = &self.devices.serial;
+        let can_receive = may_receive && !serial.is_hung_up() && serial.rx_room() > 0;
+        Ok(match self.devices.next_timer_deadline_ns() {
+            Some(deadline) if driver.idle(pos, deadline, can_receive)? => Halted::Again,
+            Some(deadline) => Halted::SkipTo(deadline),
+            None if !can_receive => Halted::End(halted_end(regs, true)),
+            None => {
+                driver.wait_for_input(pos)?;
+                Halted::Again
+            }
+        })
     }
 
     /// Serial input (if `may_receive`) and timers at the current position.
@@ -758,6 +776,18 @@ const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_CF: u64 = 1;
 /// CF, PF, AF, ZF, SF, OF: RDRAND/RDSEED clear all but CF.
 const RFLAGS_ARITH: u64 = 0x8d5;
+
+/// What [`Machine::idle_while_halted`] decided.
+pub(crate) enum Halted {
+    /// Nothing can ever wake the guest.
+    End(RunEnd),
+    /// Input may have arrived, or the driver waited: look at the position again.
+    Again,
+    /// Skip guest time to this deadline (then poll the timers).
+    SkipTo(u64),
+    /// An interrupt is pending: go on to the injection decision.
+    Wake,
+}
 
 fn halted_end(regs: &kvm_regs, interrupts_enabled: bool) -> RunEnd {
     RunEnd::HaltedForGood {

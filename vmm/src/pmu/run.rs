@@ -26,7 +26,7 @@ use crate::digest::RegSnapshot;
 use crate::end::RunEnd;
 use crate::kick::{KickHandle, Kicker};
 use crate::machine::{Machine, MachineError};
-use crate::stepping::{StepDriver, SteppedError, Stop};
+use crate::stepping::{Halted, StepDriver, SteppedError, Stop};
 use crate::vcpu::Exit;
 
 /// Single-steps allowed per convergence once the counter is within the margin.
@@ -156,9 +156,10 @@ impl Machine {
         let mut halted = false;
         let mut asynchronous = false;
         let (mut async_stops, mut exits) = (0u64, 0u64);
+        // The count at the current stop: read once per stop, after each run phase.
+        let mut ticks = counter.on(&mut self.vcpu, &self.mem).ticks()?;
         let (end, at) = 'run: loop {
             self.vcpu.set_immediate_exit(false);
-            let ticks = counter.on(&mut self.vcpu, &self.mem).ticks()?;
             let regs = self.vcpu.regs().map_err(MachineError::from)?;
             let at = TickPosition {
                 ticks,
@@ -185,31 +186,20 @@ impl Machine {
                 if let Some(end) = self.pending_end.take() {
                     break 'run (Some(end), at);
                 }
-                if halted && regs.rflags & RFLAGS_IF == 0 {
-                    break 'run (Some(halted_end(regs.rip, false)), at);
-                }
-                if halted && !self.devices.pic.has_pending() {
-                    let serial = &self.devices.serial;
-                    let can_receive = !skipped_here && !serial.is_hung_up() && serial.rx_room() > 0;
-                    match self.devices.next_timer_deadline_ns() {
-                        Some(deadline) => {
-                            if driver
-                                .idle(ticks, deadline, can_receive)
-                                .map_err(TickedError::Driver)?
-                            {
-                                continue;
-                            }
-                            let now = clock.now_ns(ticks);
-                            clock.skipped_ns += deadline.saturating_sub(now);
+                if halted {
+                    match self
+                        .idle_while_halted(driver, ticks, &regs, !skipped_here)
+                        .map_err(TickedError::Driver)?
+                    {
+                        Halted::End(end) => break 'run (Some(end), at),
+                        Halted::Again => continue,
+                        Halted::SkipTo(deadline) => {
+                            clock.skipped_ns += deadline.saturating_sub(clock.now_ns(ticks));
                             skipped_here = true;
                             self.now_ns = clock.now_ns(ticks);
-                            self.stepped_inputs(driver, ticks, false)?;
+                            self.poll_timers();
                         }
-                        None if !can_receive => break 'run (Some(halted_end(regs.rip, true)), at),
-                        None => {
-                            driver.wait_for_input(ticks).map_err(TickedError::Driver)?;
-                            continue;
-                        }
+                        Halted::Wake => {}
                     }
                 }
                 let pending = self.devices.pic.has_pending();
@@ -240,6 +230,8 @@ impl Machine {
             self.vcpu.request_interrupt_window(window);
             // Run to the next stop.
             let phase = self.run_phase(counter, driver, &at, &clock, margin)?;
+            ticks = counter.on(&mut self.vcpu, &self.mem).ticks()?;
+            self.now_ns = clock.now_ns(ticks);
             match phase {
                 Phase::Async => {
                     async_stops += 1;
@@ -249,8 +241,6 @@ impl Machine {
                     tracing::debug!(?exit, "pmu exit");
                     exits += 1;
                     asynchronous = false;
-                    let ticks = counter.on(&mut self.vcpu, &self.mem).ticks()?;
-                    self.now_ns = clock.now_ns(ticks);
                     if matches!(exit, Exit::Hlt) {
                         self.stats.hlt_exits += 1;
                         halted = true;
@@ -364,13 +354,6 @@ impl Machine {
                 "completing an I/O instruction gave {other:?} instead of returning at once"
             ))),
         }
-    }
-}
-
-fn halted_end(rip_after_hlt: u64, interrupts_enabled: bool) -> RunEnd {
-    RunEnd::HaltedForGood {
-        rip: rip_after_hlt.wrapping_sub(1),
-        interrupts_enabled,
     }
 }
 
