@@ -36,8 +36,10 @@ pub enum RecordError {
     Location(#[from] LocationError),
     #[error("writing the trace failed: {0}")]
     Write(#[from] WriteError),
-    #[error("{0}")]
-    Ticked(String),
+    #[error("cannot open the guest branch counter: {0}")]
+    CounterOpen(#[from] ttvm_vmm::pmu::perf::PerfError),
+    #[error("branch counter: {0}")]
+    Counter(#[from] ttvm_vmm::pmu::kvm::KvmTickError),
 }
 
 /// What to record.

@@ -14,7 +14,7 @@ use ttvm_vmm::kick::KickHandle;
 use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::pmu::emulated::EmulatedCounter;
 use ttvm_vmm::pmu::kvm::PerfState;
-use ttvm_vmm::pmu::perf::{PerfBranchCounter, PerfError};
+use ttvm_vmm::pmu::perf::PerfBranchCounter;
 use ttvm_vmm::pmu::run::{RunPlan, TickDriver, TickTime, TickedError};
 use ttvm_vmm::pmu::{BranchCounter, TickPosition};
 use ttvm_vmm::stepping::{StepDriver, Stop};
@@ -83,7 +83,7 @@ pub(crate) fn record(
     stop: Arc<AtomicBool>,
 ) -> Result<Recording, RecordError> {
     // The guest runs freely: RDRAND/RDSEED cannot be trapped, so the guest is told they do
-    // not exist. Bad input fails here, before a trace directory is created.
+    // not exist. Bad input fails in Machine::new, before a trace directory is created.
     let mut config = opts.machine.clone();
     let mut cpuid = Machine::guest_cpuid(&config)?;
     hide_untrappable_randomness(&mut cpuid);
@@ -91,7 +91,7 @@ pub(crate) fn record(
     let mut machine = Machine::new(config, image, serial_out)?;
     let (mut counter, counter_info): (Box<dyn BranchCounter>, _) = match &opts.clock {
         RecordClock::Pmu(event) => {
-            let state = PerfState::new(PerfBranchCounter::open(event).map_err(counter_error)?);
+            let state = PerfState::new(PerfBranchCounter::open(event)?);
             let info = PmuCounterInfo::hardware(event, state.margin());
             (Box::new(state), info)
         }
@@ -129,7 +129,11 @@ pub(crate) fn record(
             // The position is not known after a failure: the last logged one stands.
             let position = writer.last_position();
             close_after_vmm_error(writer, position, &e)?;
-            return Err(RecordError::Ticked(e.to_string()));
+            return Err(match e {
+                TickedError::Machine(e) => e.into(),
+                TickedError::Counter(e) => e.into(),
+                TickedError::Driver(e) => e.into(),
+            });
         }
     };
     let position = report.position.ticks;
@@ -158,8 +162,4 @@ pub(crate) fn record(
         checkpoints: CheckpointStats::default(),
         chaos: None,
     })
-}
-
-fn counter_error(e: PerfError) -> RecordError {
-    RecordError::Ticked(format!("cannot open the guest branch counter: {e}"))
 }

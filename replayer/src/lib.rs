@@ -140,16 +140,22 @@ pub(crate) fn pmu_refusal(header: &TraceHeader) -> String {
     }
 }
 
-/// Checks that this host can reproduce the trace's clock; returns its time settings.
+/// Why a pmu-clock trace cannot be seeked in (nor debugged with gdb).
+fn no_seeking_in_pmu_traces() -> ReplayError {
+    ReplayError::Unsupported(
+        "it was recorded with the pmu clock: `ttvm replay TRACE` replays it from start to \
+         end, but seeking (--goto, gdb) needs checkpoints at single-step positions, which \
+         only --clock singlestep recordings have"
+            .to_string(),
+    )
+}
+
+/// Checks that this host can reproduce the trace's clock (for the single-step loop and
+/// seeking); returns its time settings.
 pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), ReplayError> {
     use clock_params::*;
     if header.clock.name == PMU_CLOCK {
-        return Err(ReplayError::Unsupported(
-            "it was recorded with the pmu clock: `ttvm replay TRACE` replays it from start to \
-             end, but seeking (--goto, gdb) needs checkpoints at single-step positions, which \
-             only --clock singlestep recordings have"
-                .to_string(),
-        ));
+        return Err(no_seeking_in_pmu_traces());
     }
     if header.clock.name != SINGLESTEP_CLOCK {
         return Err(ReplayError::Unsupported(format!(
@@ -182,20 +188,26 @@ pub fn prepare(
     trace: &Path,
     serial_out: SerialOutput,
 ) -> Result<(Machine, TraceReader, TimeConfig, BootFacts), ReplayError> {
-    let header = TraceReader::open(trace)?.header().clone();
-    let (time, facts) = check_clock(&header)?;
-    let (mut machine, reader) = machine_for(trace, serial_out)?;
-    check_step_semantics(&header, &mut machine)?;
+    prepare_reader(TraceReader::open(trace)?, serial_out)
+}
+
+/// [`prepare`] for a trace already open.
+fn prepare_reader(
+    reader: TraceReader,
+    serial_out: SerialOutput,
+) -> Result<(Machine, TraceReader, TimeConfig, BootFacts), ReplayError> {
+    let (time, facts) = check_clock(reader.header())?;
+    let mut machine = machine_for(&reader, serial_out)?;
+    check_step_semantics(reader.header(), &mut machine)?;
     Ok((machine, reader, time, facts))
 }
 
-/// Opens `trace` and builds the machine it was recorded on (memory, command line, CPUID).
+/// Builds the machine `reader`'s trace was recorded on (memory, command line, CPUID).
 pub(crate) fn machine_for(
-    trace: &Path,
+    reader: &TraceReader,
     serial_out: SerialOutput,
-) -> Result<(Machine, TraceReader), ReplayError> {
-    let reader = TraceReader::open(trace)?;
-    let header = reader.header().clone();
+) -> Result<Machine, ReplayError> {
+    let header = reader.header();
     let image = reader.guest_image()?;
     let cpuid = header
         .machine
@@ -217,8 +229,7 @@ pub(crate) fn machine_for(
         cpuid: Some(cpuid),
         ..MachineConfig::default()
     };
-    let machine = Machine::new(config, &image, serial_out)?;
-    Ok((machine, reader))
+    Ok(Machine::new(config, &image, serial_out)?)
 }
 
 fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(), ReplayError> {
@@ -269,16 +280,14 @@ pub fn replay_with_progress(
     target: Option<Position>,
     progress: bool,
 ) -> Result<Replay, ReplayError> {
-    let header = TraceReader::open(trace)?.header().clone();
-    if ticked::is_pmu(&header) {
+    let reader = TraceReader::open(trace)?;
+    if ticked::is_pmu(reader.header()) {
         if target.is_some() {
-            return Err(check_clock(&header).err().unwrap_or_else(|| {
-                ReplayError::Unsupported("no seeking in pmu-clock traces".to_string())
-            }));
+            return Err(no_seeking_in_pmu_traces());
         }
-        return ticked::replay(trace, &header, serial_out, stop, progress);
+        return ticked::replay(trace, reader, serial_out, stop, progress);
     }
-    let (mut machine, reader, time, facts) = prepare(trace, serial_out)?;
+    let (mut machine, reader, time, facts) = prepare_reader(reader, serial_out)?;
     let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
     driver.set_target(target);
     if progress {

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use ttvm_logs::clock_params;
-use ttvm_logs::{EndReason, Event, TraceHeader};
+use ttvm_logs::{EndReason, Event, TraceHeader, TraceReader};
 use ttvm_vmm::devices::serial::SerialOutput;
 use ttvm_vmm::host_kvm;
 use ttvm_vmm::pmu::emulated::EmulatedCounter;
@@ -159,21 +159,22 @@ fn counter_for(header: &TraceHeader) -> Result<(Box<dyn BranchCounter>, TickTime
     }
 }
 
-/// Replays a pmu-clock trace from the start to its end.
+/// Replays the pmu-clock trace `reader` (of `trace`) from the start to its end.
 pub(crate) fn replay(
     trace: &Path,
-    header: &TraceHeader,
+    reader: TraceReader,
     serial_out: SerialOutput,
     stop: Arc<AtomicBool>,
     progress: bool,
 ) -> Result<Replay, ReplayError> {
     use clock_params::*;
+    let header = reader.header();
     let (mut counter, time) = counter_for(header)?;
     let facts = BootFacts {
         wall_clock_ns: param(header, WALL_CLOCK)?,
         tsc_base: param(header, TSC_BASE)?,
     };
-    let (mut machine, reader) = machine_for(trace, serial_out)?;
+    let mut machine = machine_for(&reader, serial_out)?;
     let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
     if progress {
         driver.show_progress();
