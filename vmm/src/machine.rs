@@ -214,6 +214,8 @@ pub struct RunStats {
     pub hlt_exits: u64,
     pub kicks: u64,
     pub interrupts_injected: u64,
+    /// Instructions KVM could not emulate that the VMM executed (`crate::fallback`).
+    pub executed_by_vmm: u64,
 }
 
 pub struct Machine {

@@ -21,12 +21,18 @@ pub struct RunReport {
     pub duration: Duration,
 }
 
+/// KVM_INTERNAL_ERROR_EMULATION: KVM's instruction emulator failed.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
 /// What the loop does after an exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     Continue,
     /// The guest executed HLT: wait for an interrupt.
     Halted,
+    /// KVM could not emulate the instruction at RIP; the VMM executed it (registers were
+    /// set by ioctl, so registers synced into `kvm_run` by that exit are stale).
+    ExecutedByVmm,
 }
 
 impl Machine {
@@ -162,8 +168,18 @@ impl Machine {
                 self.pending_end = Some(RunEnd::TripleFault { rip });
             }
             Exit::InternalError { suberror, data } => {
+                let mut fallback = None;
+                if suberror == KVM_INTERNAL_ERROR_EMULATION {
+                    match self.execute_unemulated()? {
+                        Ok(_) => return Ok(Next::ExecutedByVmm),
+                        Err(e) => fallback = Some(e),
+                    }
+                }
                 let detail = match suberror {
-                    1 => "KVM_INTERNAL_ERROR_EMULATION: instruction emulation failed".to_string(),
+                    1 => format!(
+                        "KVM_INTERNAL_ERROR_EMULATION: instruction emulation failed, and {}",
+                        fallback.map_or_else(String::new, |e| e.to_string())
+                    ),
                     2 => "KVM_INTERNAL_ERROR_SIMUL_EX: exception during exception delivery"
                         .to_string(),
                     3 => "KVM_INTERNAL_ERROR_DELIVERY_EV: event delivery failed".to_string(),

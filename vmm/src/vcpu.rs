@@ -90,11 +90,17 @@ pub enum VcpuError {
 
 pub struct Vcpu {
     fd: VcpuFd,
+    /// The guest-debug state last set (single-step, breakpoint), so it can be armed again
+    /// after the VMM changes registers (real KVM keeps the trap only for the armed RIP).
+    debug: std::cell::Cell<(bool, Option<u64>)>,
 }
 
 impl Vcpu {
     pub fn new(fd: VcpuFd) -> Self {
-        Vcpu { fd }
+        Vcpu {
+            fd,
+            debug: std::cell::Cell::new((false, None)),
+        }
     }
 
     pub fn fd(&self) -> &VcpuFd {
@@ -290,7 +296,23 @@ impl Vcpu {
         }
         self.fd
             .set_guest_debug(&debug)
-            .map_err(VcpuError::SetGuestDebug)
+            .map_err(VcpuError::SetGuestDebug)?;
+        self.debug.set((step, breakpoint));
+        Ok(())
+    }
+
+    /// Sets the guest-debug state last set again (after the VMM moved RIP).
+    pub fn rearm_guest_debug(&self) -> Result<(), VcpuError> {
+        let (step, breakpoint) = self.debug.get();
+        if step || breakpoint.is_some() {
+            self.set_guest_debug(step, breakpoint)?;
+        }
+        Ok(())
+    }
+
+    /// The x87 status word (FSW).
+    pub fn fpu_status(&self) -> Result<u16, VcpuError> {
+        self.fd.get_fpu().map(|f| f.fsw).map_err(VcpuError::GetFpu)
     }
 
     pub fn events(&self) -> Result<kvm_vcpu_events, VcpuError> {
