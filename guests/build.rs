@@ -9,7 +9,9 @@ use std::process::Command;
 
 /// Every guest: `c/<name>.c`, linked with the runtime.  Keep in sync with
 /// `NAMES` in src/lib.rs (a unit test checks).
-const GUESTS: &[&str] = &["hello", "timer", "echo", "entropy", "crash", "race", "rtc"];
+const GUESTS: &[&str] = &[
+    "hello", "timer", "echo", "entropy", "crash", "race", "rtc", "fences",
+];
 
 /// The 32-bit guests: `c32/<name>.c`, linked with `runtime32/`.
 const GUESTS32: &[&str] = &["hello32"];

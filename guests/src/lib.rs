@@ -32,7 +32,9 @@
 use std::path::PathBuf;
 
 /// Names of all guests, in build order.
-pub const NAMES: &[&str] = &[HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, RTC, HELLO32];
+pub const NAMES: &[&str] = &[
+    HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, RTC, FENCES, HELLO32,
+];
 
 /// `hello`: prints, then exits with status **0**:
 ///
@@ -132,6 +134,23 @@ pub const RACE: &str = "race";
 /// ```
 pub const RTC: &str = "rtc";
 
+/// `fences`: time-stamp reads right after `lfence`, `mfence`, `sfence` and
+/// `rdrand` (instructions some KVMs run together with the next one in one
+/// single step, so the RDTSC would run unseen), and RDTSCP, each compared
+/// with a plain RDTSC just before it. Exits with status **0** (1 if a delta
+/// exceeds 1,000,000 ticks: a read of the host's TSC):
+///
+/// ```text
+/// fences: time-stamp reads after fences
+/// lfence;rdtsc: +<ticks>
+/// mfence;rdtsc: +<ticks>
+/// sfence;rdtsc: +<ticks>
+/// rdrand;rdtsc: +<ticks>      (or `rdrand;rdtsc: unsupported`)
+/// rdtscp: +<ticks>            (or `rdtscp: unsupported`)
+/// fences: ok
+/// ```
+pub const FENCES: &str = "fences";
+
 /// `hello32`: a static ELF32 i386 image that stays in 32-bit protected mode
 /// (no paging, no long mode; its own runtime in `runtime32/`, no IDT). It
 /// fills `path[k] = {k, k*k}` for k in 0..8 through `visit(k)`, adds the
@@ -160,7 +179,7 @@ pub fn elf_bytes(name: &str) -> Option<&'static [u8]> {
             }
         };
     }
-    guests!("hello", "timer", "echo", "entropy", "crash", "race", "rtc", "hello32")
+    guests!("hello", "timer", "echo", "entropy", "crash", "race", "rtc", "fences", "hello32")
 }
 
 /// Directory holding the guests' C/asm sources (`c/`, `runtime/`), as named

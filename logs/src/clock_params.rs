@@ -13,6 +13,10 @@ pub const WALL_CLOCK: &str = "boot_wall_clock_ns";
 pub const KVM_MODULE: &str = "kvm_module";
 /// Whether that KVM needed single-step re-armed before every step ("true"/"false").
 pub const STEP_REARM: &str = "step_rearm";
+/// The instructions that KVM ran together with the next one in one single step (comma-
+/// separated; the recorder passed over them in the VMM). Absent in traces from before
+/// this was probed.
+pub const STEP_MERGES: &str = "step_merges";
 /// Seed of a chaos recording (`ttvm record --chaos`), decimal; absent otherwise.
 pub const CHAOS_SEED: &str = "chaos_seed";
 /// What a chaos recording perturbed, for people (replay needs nothing of it).

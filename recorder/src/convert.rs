@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use ttvm_logs::clock_params::{
     KVM_MODULE, NS_PER_STEP, NS_PER_TICK, PMU_CLOCK, PMU_COUNTER, PMU_COUNTER_EMULATED,
-    PMU_COUNTER_HARDWARE, PMU_EVENT, PMU_SKID, PMU_VENDOR, SINGLESTEP_CLOCK, STEP_REARM, TSC_BASE,
-    WALL_CLOCK,
+    PMU_COUNTER_HARDWARE, PMU_EVENT, PMU_SKID, PMU_VENDOR, SINGLESTEP_CLOCK, STEP_MERGES,
+    STEP_REARM, TSC_BASE, WALL_CLOCK,
 };
 use ttvm_logs::{ClockInfo, CpuidEntry as TraceCpuid, EndReason};
 use ttvm_vmm::cpuid::CpuidEntry;
@@ -41,6 +41,7 @@ pub fn singlestep_clock(
         STEP_REARM.to_string(),
         semantics.rearm_each_step.to_string(),
     );
+    params.insert(STEP_MERGES.to_string(), semantics.merges.names());
     params.insert(NS_PER_STEP.to_string(), time.ns_per_step.to_string());
     params.insert(TSC_BASE.to_string(), facts.tsc_base.to_string());
     params.insert(WALL_CLOCK.to_string(), facts.wall_clock_ns.to_string());
@@ -49,7 +50,8 @@ pub fn singlestep_clock(
         name: SINGLESTEP_CLOCK.to_string(),
         semantics: format!(
             "positions count KVM_GUESTDBG_SINGLESTEP steps since boot on {kvm_module} (one more \
-             per VMM-emulated RDTSC/RDTSCP/RDRAND/RDSEED/RDMSR-TSC/HLT); guest ns = steps * \
+             per VMM-emulated RDTSC/RDTSCP/RDRAND/RDSEED/RDMSR-TSC/HLT, per instruction KVM \
+             could not emulate, and per instruction in step_merges); guest ns = steps * \
              {} + time skipped while halted; TSC = tsc_base + guest ns",
             time.ns_per_step
         ),

@@ -241,6 +241,26 @@ fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(
             .map_err(MachineError::from)?
             .rearm_each_step
             .to_string();
+        let merges_here = machine
+            .probe_step_semantics()
+            .map_err(MachineError::from)?
+            .merges;
+        let merges_recorded = header.clock.params.get(clock_params::STEP_MERGES);
+        if merges_recorded.map(|m| m.as_str()) != Some(merges_here.names().as_str())
+            && !(merges_recorded.is_none() && merges_here.is_empty())
+        {
+            return Err(ReplayError::Unsupported(format!(
+                "it was recorded on a KVM that runs [{}] together with the next instruction \
+                 in one single step, and this one runs [{}] so: positions would not line up{}",
+                merges_recorded.map_or("unknown (an older ttvm)", |m| m.as_str()),
+                merges_here.names(),
+                if merges_recorded.is_none() {
+                    "; re-record it with this ttvm"
+                } else {
+                    ""
+                }
+            )));
+        }
         if *recorded != here {
             return Err(ReplayError::Unsupported(format!(
                 "it was recorded on a KVM whose single-step {} re-arming before every step, \

@@ -21,10 +21,45 @@ pub enum Emulated {
     /// RDMSR of IA32_TIME_STAMP_COUNTER (the TSC read another way).
     RdmsrTsc,
     Hlt,
+    /// An instruction with no effect but on RIP (a fence, `pause`, `nop`) that this KVM
+    /// runs together with the next instruction in one single step (`crate::merge_probe`):
+    /// the VMM passes over it so that the next instruction is seen on its own step.
+    NoEffect,
     /// STI, emulated only when the instruction after it must be emulated: real CPUs
     /// deliver no single-step trap inside STI's interrupt shadow, so `sti; hlt` would
     /// otherwise run as one step with the HLT executed natively.
     Sti,
+}
+
+/// The candidate of `crate::merge_probe` that `bytes` start with (its name, its length, and
+/// whether it has no effect but on RIP), found by its encoding after prefixes. None for
+/// anything else, which is almost every instruction: this runs before every step.
+pub fn merge_candidate(bytes: &[u8], bitness: u32) -> Option<(&'static str, u8, bool)> {
+    let mut i = 0;
+    let mut rep = false;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x66 | 0x67 | 0xf2 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => i += 1,
+            0xf3 => {
+                rep = true;
+                i += 1
+            }
+            0x40..=0x4f if bitness == 64 => i += 1,
+            _ => break,
+        }
+    }
+    let len = |n: usize| (i + n) as u8;
+    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+        (Some(0x0f), Some(0xae), Some(0xe8)) => Some(("lfence", len(3), true)),
+        (Some(0x0f), Some(0xae), Some(0xf0)) => Some(("mfence", len(3), true)),
+        (Some(0x0f), Some(0xae), Some(0xf8)) => Some(("sfence", len(3), true)),
+        (Some(0x90), _, _) if rep => Some(("pause", len(1), true)),
+        (Some(0x90), _, _) if i == 0 => Some(("nop", len(1), true)),
+        (Some(0x0f), Some(0xa2), _) => Some(("cpuid", len(2), false)),
+        (Some(0x0f), Some(0x09), _) => Some(("wbinvd", len(2), false)),
+        (Some(0x87), Some(&modrm), _) if modrm >> 6 == 3 => Some(("xchg", len(2), false)),
+        _ => None,
+    }
 }
 
 /// Whether `bytes` start with STI (after legacy prefixes).

@@ -21,6 +21,10 @@ use crate::vcpu::{Exit, Vcpu, VcpuError};
 pub struct StepSemantics {
     /// Single-step must be re-armed before every KVM_RUN (the trap does not persist).
     pub rearm_each_step: bool,
+    /// The instructions this KVM runs together with the next one in one step
+    /// (`crate::merge_probe`); the loop executes them in the VMM instead.
+    #[serde(default)]
+    pub merges: crate::merge_probe::StepMerges,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,7 @@ pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
     }
     let semantics = StepSemantics {
         rearm_each_step: steps < STEPS_BEFORE_OUT,
+        merges: crate::merge_probe::probe(kvm)?,
     };
     tracing::debug!(steps, ?semantics, "single-step probe");
     Ok(semantics)

@@ -31,6 +31,7 @@ use crate::end::RunEnd;
 use crate::inputs::SerialPoll;
 use crate::machine::{Machine, MachineError};
 use crate::paging::{CodeAtRip, Mmu};
+use crate::run_loop::Next;
 use crate::vcpu::Exit;
 
 /// Steps since boot.
@@ -472,7 +473,7 @@ impl Machine {
             let next = if injected {
                 None
             } else {
-                self.next_instruction(&mmu, &regs, &sregs)
+                self.next_instruction(&mmu, &regs, &sregs)?
             };
             if let Some((emulated, len)) = next {
                 self.emulate(driver, &mut st, &mut regs, emulated, len)?;
@@ -485,13 +486,20 @@ impl Machine {
                     .map_err(MachineError::from)?;
             }
             match self.step_once(&st.clock)? {
-                Some(end) => break (Some(end), None),
-                None => {
+                StepOutcome::Ended(end) => break (Some(end), None),
+                StepOutcome::Stepped => {
                     st.clock.pos += 1;
                     st.ready_override = None;
                     fresh = true;
                     regs = self.vcpu.synced_regs();
                     sregs = self.vcpu.synced_sregs();
+                }
+                StepOutcome::ExecutedByVmm => {
+                    st.clock.pos += 1;
+                    fresh = true;
+                    regs = self.vcpu.regs().map_err(MachineError::from)?;
+                    sregs = self.vcpu.sregs().map_err(MachineError::from)?;
+                    st.ready_override = Some(regs.rflags & RFLAGS_IF != 0);
                 }
             }
         };
@@ -657,31 +665,58 @@ impl Machine {
         }
     }
 
-    /// The instruction at RIP if the VMM must emulate it, with its length.
+    /// The instruction at RIP if the VMM must emulate it, with its length. An error if this
+    /// KVM would run it together with an instruction that must be seen (and the VMM cannot
+    /// run it instead).
     fn next_instruction(
         &self,
         mmu: &Mmu,
         regs: &kvm_regs,
         sregs: &kvm_bindings::kvm_sregs,
-    ) -> Option<(Emulated, u8)> {
+    ) -> Result<Option<(Emulated, u8)>, MachineError> {
         let code = CodeAtRip::fetch(&self.mem, regs, sregs);
         let (bitness, linear, bytes, n) = (code.bitness, code.linear, code.bytes, code.len);
+        // Whether the instruction after the one of `len` bytes at RIP must be emulated.
+        let follower_emulated = |len: u8| {
+            let mut after = [0u8; 15];
+            let m = mmu.read_virt(&self.mem, linear + u64::from(len), &mut after);
+            decode::may_be_emulated(&after[..m], bitness)
+                && decode::classify(&after[..m], bitness, regs.rcx as u32)
+                    .is_some_and(|f| f.emulated.is_some())
+        };
         if decode::is_sti(&bytes[..n]) {
             // STI's shadow hides the next instruction from single-step on real CPUs: if
             // that one must be emulated, emulate the STI too.
-            let sti = decode::classify(&bytes[..n], bitness, regs.rcx as u32)?;
-            let mut after = [0u8; 15];
-            let m = mmu.read_virt(&self.mem, linear + u64::from(sti.len), &mut after);
-            let follower = decode::may_be_emulated(&after[..m], bitness)
-                && decode::classify(&after[..m], bitness, regs.rcx as u32)
-                    .is_some_and(|f| f.emulated.is_some());
-            return follower.then_some((Emulated::Sti, sti.len));
+            let Some(sti) = decode::classify(&bytes[..n], bitness, regs.rcx as u32) else {
+                return Ok(None);
+            };
+            return Ok(follower_emulated(sti.len).then_some((Emulated::Sti, sti.len)));
+        }
+        let merges = self.step_semantics.map(|s| s.merges).unwrap_or_default();
+        if !merges.is_empty() {
+            if let Some((name, len, no_effect)) = decode::merge_candidate(&bytes[..n], bitness) {
+                if merges.contains(name) {
+                    if no_effect {
+                        return Ok(Some((Emulated::NoEffect, len)));
+                    }
+                    if follower_emulated(len) {
+                        return Err(MachineError::UnexpectedExit(format!(
+                            "this KVM runs `{name}` at {linear:#x} together with the next \
+                             instruction in one single step, and that one must be emulated \
+                             by ttvm (it reads host state): this guest cannot be recorded \
+                             exactly on this KVM"
+                        )));
+                    }
+                }
+            }
         }
         if !decode::may_be_emulated(&bytes[..n], bitness) {
-            return None;
+            return Ok(None);
         }
-        let next = decode::classify(&bytes[..n], bitness, regs.rcx as u32)?;
-        next.emulated.map(|e| (e, next.len))
+        let Some(next) = decode::classify(&bytes[..n], bitness, regs.rcx as u32) else {
+            return Ok(None);
+        };
+        Ok(next.emulated.map(|e| (e, next.len)))
     }
 
     /// Emulates one instruction: registers set by ioctl, interrupt shadow cleared, then
@@ -727,6 +762,7 @@ impl Machine {
             }
             Emulated::Hlt => st.halted = true,
             Emulated::Sti => regs.rflags |= RFLAGS_IF,
+            Emulated::NoEffect => {}
         }
         regs.rip = regs.rip.wrapping_add(u64::from(len));
         self.vcpu.set_regs(regs).map_err(MachineError::from)?;
@@ -746,25 +782,28 @@ impl Machine {
         Ok(())
     }
 
-    /// One KVM single step, handling the device exits inside it. Returns a run end if the
-    /// step ended the run.
-    fn step_once(&mut self, clock: &StepClock) -> Result<Option<RunEnd>, MachineError> {
+    /// One KVM single step, handling the device exits inside it.
+    fn step_once(&mut self, clock: &StepClock) -> Result<StepOutcome, MachineError> {
         loop {
             let exit = self.vcpu.run()?;
             self.now_ns = clock.now_ns();
             match exit {
-                Exit::Debug { .. } => return Ok(None),
+                Exit::Debug { .. } => return Ok(StepOutcome::Stepped),
                 Exit::Interrupted => continue,
                 // A KVM that halts instead of stepping over a HLT we failed to decode: the
                 // step is over.
                 Exit::Hlt => {
                     self.stats.hlt_exits += 1;
-                    return Ok(None);
+                    return Ok(StepOutcome::Stepped);
                 }
                 other => {
-                    self.handle_exit(other)?;
+                    let next = self.handle_exit(other)?;
                     if let Some(end) = self.pending_end.take() {
-                        return Ok(Some(end));
+                        return Ok(StepOutcome::Ended(end));
+                    }
+                    // The instruction KVM could not run is the step.
+                    if next == Next::ExecutedByVmm {
+                        return Ok(StepOutcome::ExecutedByVmm);
                     }
                 }
             }
@@ -776,6 +815,15 @@ const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_CF: u64 = 1;
 /// CF, PF, AF, ZF, SF, OF: RDRAND/RDSEED clear all but CF.
 const RFLAGS_ARITH: u64 = 0x8d5;
+
+/// How one KVM single step ended.
+enum StepOutcome {
+    /// KVM stepped; the registers are in `kvm_run`'s sync area.
+    Stepped,
+    /// KVM could not emulate the instruction; the VMM executed it (registers by ioctl).
+    ExecutedByVmm,
+    Ended(RunEnd),
+}
 
 /// What [`Machine::idle_while_halted`] decided.
 pub(crate) enum Halted {
