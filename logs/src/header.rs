@@ -284,6 +284,9 @@ pub struct TraceHeader {
     pub host: HostInfo,
     /// The embedded guest image.
     pub guest_image: GuestImageInfo,
+    /// The embedded initrd (`initrd.zst`), if the guest was booted with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<GuestImageInfo>,
     /// Filled at clean close; `None` while recording or after a crash.
     #[serde(default)]
     pub close: Option<CloseRecord>,
@@ -302,6 +305,7 @@ impl TraceHeader {
             clock: meta.clock.clone(),
             host: meta.host.clone(),
             guest_image: image,
+            initrd: None,
             close: None,
         }
     }

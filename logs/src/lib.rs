@@ -79,6 +79,8 @@ pub const EVENTS_FILE: &str = "events";
 pub const INDEX_FILE: &str = "events.idx";
 /// The embedded, zstd-compressed guest image.
 pub const GUEST_IMAGE_FILE: &str = "guest.zst";
+/// The embedded, zstd-compressed initrd (only in traces of guests booted with one).
+pub const INITRD_FILE: &str = "initrd.zst";
 /// Marker present while a trace is being recorded (or after its recorder died).
 pub const INCOMPLETE_MARKER: &str = "incomplete";
 /// Marker present once a trace was closed cleanly.

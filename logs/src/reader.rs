@@ -2,10 +2,10 @@
 //! and the event stream (see [`crate::stream`] for the reading rules).
 use crate::checkpoint::{self, CheckpointError, CheckpointId, CheckpointInfo};
 use crate::event::EventRecord;
-use crate::header::{HeaderError, TraceHeader};
+use crate::header::{GuestImageInfo, HeaderError, TraceHeader};
 use crate::stream::{EventStream, StreamError, Tail};
 use crate::writer::sha256_hex;
-use crate::{COMPLETE_MARKER, EVENTS_FILE, GUEST_IMAGE_FILE, INDEX_FILE};
+use crate::{COMPLETE_MARKER, EVENTS_FILE, GUEST_IMAGE_FILE, INDEX_FILE, INITRD_FILE};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -160,13 +160,25 @@ impl TraceReader {
     /// The embedded guest image, decompressed and checked against the header's
     /// size and SHA-256.
     pub fn guest_image(&self) -> Result<Vec<u8>, ReadError> {
-        let path = self.dir.join(GUEST_IMAGE_FILE);
+        self.embedded(GUEST_IMAGE_FILE, &self.header.guest_image)
+    }
+
+    /// The embedded initrd, if the guest was booted with one, checked like the image.
+    pub fn initrd(&self) -> Result<Option<Vec<u8>>, ReadError> {
+        match &self.header.initrd {
+            Some(info) => Ok(Some(self.embedded(INITRD_FILE, info)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An embedded file (`name` in the trace), decompressed and checked against `info`.
+    fn embedded(&self, name: &str, info: &GuestImageInfo) -> Result<Vec<u8>, ReadError> {
+        let path = self.dir.join(name);
         let file = File::open(&path).map_err(|source| ReadError::Io {
             op: "open",
             path: path.clone(),
             source,
         })?;
-        let info = &self.header.guest_image;
         let damaged = |detail: String| ReadError::GuestImage {
             path: path.clone(),
             detail,

@@ -15,7 +15,9 @@ use crate::header::{
     counts_by_name, CloseRecord, GuestImageInfo, HeaderError, Timestamp, TraceHeader, TraceMeta,
 };
 use crate::location::{LocationError, TraceLocation};
-use crate::{COMPLETE_MARKER, EVENTS_FILE, GUEST_IMAGE_FILE, INCOMPLETE_MARKER, INDEX_FILE};
+use crate::{
+    COMPLETE_MARKER, EVENTS_FILE, GUEST_IMAGE_FILE, INCOMPLETE_MARKER, INDEX_FILE, INITRD_FILE,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -197,6 +199,21 @@ impl TraceWriter {
         guest_image: &[u8],
     ) -> Result<Self, WriteError> {
         Self::create_with(location, meta, guest_image, WriterOptions::default())
+    }
+
+    /// Embeds the guest's initrd (`initrd.zst`) and names it in the header.
+    pub fn embed_initrd(&mut self, name: &str, initrd: &[u8]) -> Result<(), WriteError> {
+        let path = self.dir.join(INITRD_FILE);
+        let compressed = zstd::bulk::compress(initrd, IMAGE_ZSTD_LEVEL)
+            .map_err(io_err("compress the initrd into", &path))?;
+        fsutil::write_atomic(&path, &compressed).map_err(io_err("write", &path))?;
+        self.header.initrd = Some(GuestImageInfo {
+            name: name.to_string(),
+            size: initrd.len() as u64,
+            sha256: sha256_hex(initrd),
+        });
+        self.header.write(&self.dir)?;
+        Ok(())
     }
 
     /// Creates a trace: the directory, the `incomplete` marker, the embedded image,

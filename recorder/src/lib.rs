@@ -179,6 +179,9 @@ pub fn record(
         plan.annotate(&mut meta.clock.params);
     }
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
+    if let Some(initrd) = &opts.machine.initrd {
+        writer.embed_initrd(&initrd.name, &initrd.bytes)?;
+    }
     let trace_dir = writer.dir().to_path_buf();
     let checkpoint_stats: CheckpointStats;
     let mut chaos_stats = None;

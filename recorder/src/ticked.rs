@@ -110,6 +110,9 @@ pub(crate) fn record(
     let clock = convert::pmu_clock(time, facts, &host_kvm::kvm_module(), &counter_info);
     let meta = trace_meta(&opts, &machine, clock);
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
+    if let Some(initrd) = &opts.machine.initrd {
+        writer.embed_initrd(&initrd.name, &initrd.bytes)?;
+    }
     let trace_dir = writer.dir().to_path_buf();
     let outcome = {
         let mut driver = RecordingDriver::new(

@@ -18,7 +18,7 @@ use ttvm_logs::{ReadError, TraceHeader, TraceReader};
 use ttvm_vmm::cpuid::CpuidEntry;
 use ttvm_vmm::devices::serial::SerialOutput;
 use ttvm_vmm::stepping::{BootFacts, Position, SteppedError, TimeConfig};
-use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd};
+use ttvm_vmm::{host_kvm, Initrd, Machine, MachineConfig, MachineError, RunEnd};
 
 pub use divergence::Divergence;
 use driver::{DriverError, ReplayDriver, StopCause};
@@ -223,10 +223,18 @@ pub(crate) fn machine_for(
             edx: e.edx,
         })
         .collect();
+    let initrd = reader.initrd()?.map(|bytes| Initrd {
+        name: header
+            .initrd
+            .as_ref()
+            .map_or_else(String::new, |i| i.name.clone()),
+        bytes: bytes.into(),
+    });
     let config = MachineConfig {
         mem_bytes: header.machine.mem_bytes,
         cmdline: header.machine.cmdline.clone(),
         cpuid: Some(cpuid),
+        initrd,
         ..MachineConfig::default()
     };
     Ok(Machine::new(config, &image, serial_out)?)

@@ -10,7 +10,7 @@ use ttvm_vmm::elf_image::read_image_file;
 use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::memory::{self, DEFAULT_MEM};
 use ttvm_vmm::stepping::TimeConfig;
-use ttvm_vmm::{Machine, MachineConfig, RealHost, SerialSource};
+use ttvm_vmm::{Initrd, Machine, MachineConfig, RealHost, SerialSource};
 
 /// Options shared by every command that builds a machine.
 #[derive(Debug, Clone, Args)]
@@ -27,6 +27,14 @@ pub struct MachineArgs {
     /// Write the guest's serial output to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub serial_out: Option<PathBuf>,
+    /// An initial RAM disk (e.g. a cpio archive for Linux), handed to the guest as the PVH
+    /// start info's first module and embedded in recorded traces.
+    #[arg(long, value_name = "FILE", value_parser = load_initrd)]
+    pub initrd: Option<Initrd>,
+}
+
+fn load_initrd(text: &str) -> Result<Initrd, String> {
+    Initrd::load(Path::new(text))
 }
 
 impl Default for MachineArgs {
@@ -36,6 +44,7 @@ impl Default for MachineArgs {
             cmdline: String::new(),
             serial_in: None,
             serial_out: None,
+            initrd: None,
         }
     }
 }
@@ -51,6 +60,7 @@ impl MachineArgs {
         MachineConfig {
             mem_bytes: self.mem,
             cmdline: self.cmdline.clone(),
+            initrd: self.initrd.clone(),
             ..MachineConfig::default()
         }
     }

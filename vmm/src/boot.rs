@@ -9,7 +9,9 @@
 //! | boot IDT (empty) | 0x520 |
 //! | `hvm_start_info` | 0x6000 |
 //! | memory map (`hvm_memmap_table_entry`s) | 0x7000 |
+//! | module list (`hvm_modlist_entry`: the initrd) | 0x7800 |
 //! | command line | 0x20000 (at most 4 KiB) |
+//! | initrd (if any) | the top of RAM, page-aligned |
 
 use std::io::Cursor;
 
@@ -27,6 +29,7 @@ pub const BOOT_GDT_ADDR: u64 = 0x500;
 pub const BOOT_IDT_ADDR: u64 = 0x520;
 pub const START_INFO_ADDR: u64 = 0x6000;
 pub const MEMMAP_ADDR: u64 = 0x7000;
+pub const MODLIST_ADDR: u64 = 0x7800;
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Longest command line, including its terminating NUL.
 pub const CMDLINE_MAX: usize = 4096;
@@ -50,6 +53,23 @@ pub enum BootError {
     Load(String),
     #[error("writing boot data into guest memory failed: {0}")]
     Write(String),
+    #[error(
+        "the initrd ({size} bytes) does not fit in guest RAM above the kernel image (which \
+         ends at {image_end:#x}); give the guest more memory with --mem"
+    )]
+    InitrdTooBig { size: u64, image_end: u64 },
+}
+
+/// Where an initrd of `size` bytes goes: page-aligned at the top of RAM, above the image
+/// (which ends at `image_end`). Linux reserves the range itself when it starts.
+pub fn initrd_address(mem_bytes: u64, size: u64, image_end: u64) -> Result<u64, BootError> {
+    let too_big = BootError::InitrdTooBig { size, image_end };
+    let addr = mem_bytes.checked_sub(size).ok_or(too_big)? & !0xfff;
+    let image_end = (image_end + 0xfff) & !0xfff;
+    if addr < image_end.max(HIGH_RAM_START) {
+        return Err(BootError::InitrdTooBig { size, image_end });
+    }
+    Ok(addr)
 }
 
 /// Copies the image's segments into guest memory.
@@ -92,8 +112,14 @@ pub fn memory_map(mem_bytes: u64) -> Vec<hvm_memmap_table_entry> {
     ]
 }
 
-/// Writes the command line, memory map, start info and boot GDT.
-pub fn write_boot_info(mem: &GuestRam, mem_bytes: u64, cmdline: &str) -> Result<(), BootError> {
+/// Writes the command line, memory map, start info and boot GDT, and the initrd (given as
+/// its bytes and its guest-physical address, from `initrd_address`) with its module entry.
+pub fn write_boot_info(
+    mem: &GuestRam,
+    mem_bytes: u64,
+    cmdline: &str,
+    initrd: Option<(&[u8], u64)>,
+) -> Result<(), BootError> {
     if cmdline.len() >= CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong { len: cmdline.len() });
     }
@@ -107,7 +133,7 @@ pub fn write_boot_info(mem: &GuestRam, mem_bytes: u64, cmdline: &str) -> Result<
         .map_err(write_err)?;
 
     let map = memory_map(mem_bytes);
-    let start_info = hvm_start_info {
+    let mut start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_ADDR,
@@ -115,6 +141,18 @@ pub fn write_boot_info(mem: &GuestRam, mem_bytes: u64, cmdline: &str) -> Result<
         memmap_entries: map.len() as u32,
         ..Default::default()
     };
+    if let Some((bytes, addr)) = initrd {
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(write_err)?;
+        // hvm_modlist_entry: paddr, size, cmdline_paddr (0: none), reserved.
+        let mut entry = [0u8; 32];
+        entry[..8].copy_from_slice(&addr.to_le_bytes());
+        entry[8..16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        mem.write_slice(&entry, GuestAddress(MODLIST_ADDR))
+            .map_err(write_err)?;
+        start_info.nr_modules = 1;
+        start_info.modlist_paddr = MODLIST_ADDR;
+    }
     let mut params = BootParams::new(&start_info, GuestAddress(START_INFO_ADDR));
     params.set_sections(&map, GuestAddress(MEMMAP_ADDR));
     PvhBootConfigurator::write_bootparams::<GuestRam>(&params, mem)
@@ -217,7 +255,7 @@ mod tests {
     #[test]
     fn boot_info_is_where_pvh_guests_look() {
         let mem = memory::allocate(64 << 20).unwrap();
-        write_boot_info(&mem, 64 << 20, "console=ttyS0").unwrap();
+        write_boot_info(&mem, 64 << 20, "console=ttyS0", None).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(START_INFO_ADDR)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!(info.memmap_entries, 2);
@@ -233,11 +271,34 @@ mod tests {
     }
 
     #[test]
+    fn initrd_goes_to_the_top_of_ram_as_module_zero() {
+        let mem = memory::allocate(8 << 20).unwrap();
+        let initrd = vec![0xa5u8; 5000];
+        let addr = initrd_address(8 << 20, 5000, 0x20_0000).unwrap();
+        assert_eq!(addr, ((8 << 20) - 5000) & !0xfff);
+        write_boot_info(&mem, 8 << 20, "", Some((&initrd, addr))).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(START_INFO_ADDR)).unwrap();
+        assert_eq!((info.nr_modules, info.modlist_paddr), (1, MODLIST_ADDR));
+        let paddr: u64 = mem.read_obj(GuestAddress(MODLIST_ADDR)).unwrap();
+        let size: u64 = mem.read_obj(GuestAddress(MODLIST_ADDR + 8)).unwrap();
+        assert_eq!((paddr, size), (addr, 5000));
+        let mut back = vec![0u8; 5000];
+        mem.read_slice(&mut back, GuestAddress(addr)).unwrap();
+        assert_eq!(back, initrd);
+        // Overlapping the image, or larger than RAM: refused.
+        assert!(matches!(
+            initrd_address(8 << 20, 7 << 20, 0x20_0000),
+            Err(BootError::InitrdTooBig { .. })
+        ));
+        assert!(initrd_address(8 << 20, 9 << 20, 0x20_0000).is_err());
+    }
+
+    #[test]
     fn overlong_cmdline_is_refused() {
         let mem = memory::allocate(4 << 20).unwrap();
         let long = "x".repeat(CMDLINE_MAX);
         assert!(matches!(
-            write_boot_info(&mem, 4 << 20, &long),
+            write_boot_info(&mem, 4 << 20, &long, None),
             Err(BootError::CmdlineTooLong { .. })
         ));
     }

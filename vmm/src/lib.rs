@@ -35,5 +35,5 @@ pub mod vcpu_state;
 
 pub use end::{exit_code, RunEnd};
 pub use inputs::{HostInputs, RealHost, SerialPoll, SerialSource};
-pub use machine::{Machine, MachineConfig, MachineError, RunStats};
+pub use machine::{Initrd, Machine, MachineConfig, MachineError, RunStats};
 pub use run_loop::RunReport;

@@ -36,6 +36,55 @@ pub struct MachineConfig {
     /// The guest's CPUID table; None derives it from this host (see `cpuid`). Replay passes
     /// the recorded one so the guest sees the same CPU.
     pub cpuid: Option<Vec<CpuidEntry>>,
+    /// An initial RAM disk, handed to the guest as the PVH start info's first module.
+    pub initrd: Option<Initrd>,
+}
+
+/// An initrd: its name (for traces and messages) and its bytes (shared, so configs stay
+/// cheap to clone).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Initrd {
+    pub name: String,
+    pub bytes: std::sync::Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Initrd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Initrd({}, {} bytes)", self.name, self.bytes.len())
+    }
+}
+
+/// The largest initrd ttvm reads (guest RAM is at most this large too).
+pub const INITRD_MAX: u64 = 1 << 30;
+
+impl Initrd {
+    /// Reads the initrd file at `path`: a regular file of at most [`INITRD_MAX`] bytes.
+    pub fn load(path: &std::path::Path) -> Result<Initrd, String> {
+        use std::io::Read;
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{shown}: not a regular file"));
+        }
+        if meta.len() > INITRD_MAX {
+            return Err(format!(
+                "{shown}: {} bytes; an initrd may have at most {INITRD_MAX}",
+                meta.len()
+            ));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(INITRD_MAX + 1).read_to_end(&mut bytes))
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let name = path.file_name().map_or_else(
+            || "initrd".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Ok(Initrd {
+            name,
+            bytes: bytes.into(),
+        })
+    }
 }
 
 impl Default for MachineConfig {
@@ -45,6 +94,7 @@ impl Default for MachineConfig {
             cmdline: String::new(),
             kvm_device: kvm_host::kvm_device_path(),
             cpuid: None,
+            initrd: None,
         }
     }
 }
@@ -79,6 +129,14 @@ pub enum MachineError {
     UnexpectedExit(String),
     #[error(transparent)]
     Probe(#[from] crate::step_probe::ProbeError),
+    #[error(
+        "the guest entered user mode (CPL 3) at RIP {rip:#x}, position {position}, and this \
+         KVM cannot single-step user-mode code (`ttvm doctor` shows it): the single-step clock \
+         stops here rather than record wrong positions. On this host record kernel-mode \
+         workloads only (e.g. a kernel without an init); a KVM with hardware virtualization \
+         steps user mode"
+    )]
+    UserModeNotSteppable { rip: u64, position: u64 },
 }
 
 /// The PC devices, owned concretely so their states can be saved and restored as one.
@@ -274,6 +332,13 @@ impl Machine {
             }
             .into());
         }
+        let initrd = match &config.initrd {
+            Some(Initrd { bytes, .. }) => Some((
+                &bytes[..],
+                boot::initrd_address(config.mem_bytes, bytes.len() as u64, elf.end)?,
+            )),
+            None => None,
+        };
         let kvm = kvm_host::open_kvm(&config.kvm_device, RUN_REQUIREMENTS)?;
         let vm = kvm.create_vm().map_err(MachineError::CreateVm)?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -283,7 +348,7 @@ impl Machine {
         // checkpoint interval, and nothing when no checkpoint is taken.
         memory::register(&vm, &mem, true)?;
         boot::load_image(&mem, image, &elf)?;
-        boot::write_boot_info(&mem, config.mem_bytes, &config.cmdline)?;
+        boot::write_boot_info(&mem, config.mem_bytes, &config.cmdline, initrd)?;
 
         let cpuid = match &config.cpuid {
             Some(table) => table.clone(),

@@ -25,6 +25,14 @@ pub struct StepSemantics {
     /// (`crate::merge_probe`); the loop executes them in the VMM instead.
     #[serde(default)]
     pub merges: crate::merge_probe::StepMerges,
+    /// Whether user-mode (CPL3) code can be single-stepped; where not, the stepping loop
+    /// stops clearly when the guest enters user mode (`probe_cpl3`).
+    #[serde(default = "yes")]
+    pub user_mode: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +120,7 @@ pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
     let semantics = StepSemantics {
         rearm_each_step: steps < STEPS_BEFORE_OUT,
         merges: crate::merge_probe::probe(kvm)?,
+        user_mode: probe_cpl3(kvm)?.is_ok(),
     };
     tracing::debug!(steps, ?semantics, "single-step probe");
     Ok(semantics)

@@ -480,6 +480,13 @@ impl Machine {
                 fresh = true;
                 continue;
             }
+            if sregs.cs.dpl == 3 && !self.step_semantics.is_none_or(|s| s.user_mode) {
+                return Err(MachineError::UserModeNotSteppable {
+                    rip: regs.rip,
+                    position: pos,
+                }
+                .into());
+            }
             if st.rearm {
                 self.vcpu
                     .set_guest_debug(true, st.handler_breakpoint.take())
