@@ -447,9 +447,11 @@ impl Timeline {
             return Ok(node);
         }
         let bad = |detail: String| TimelineError::TraceCheckpoint { id, detail };
-        let (position, bytes) =
-            ttvm_logs::checkpoint::read_checkpoint(&self.trace_dir, CheckpointId(id))
-                .map_err(|e| bad(e.to_string()))?;
+        let (position, bytes) = self
+            .driver
+            .reader()
+            .read_checkpoint(CheckpointId(id))
+            .map_err(|e| bad(e.to_string()))?;
         let snap = Snapshot::decode(&bytes).map_err(|e| bad(e.to_string()))?;
         if snap.state.position != position {
             return Err(bad(format!(
