@@ -59,10 +59,25 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            eprintln!("ttvm: {err:#}");
+            eprintln!("ttvm: {}", error_text(&err));
             std::process::exit(ttvm_vmm::exit_code::VMM_ERROR);
         }
     }
+}
+
+/// The error and its causes, each cause appended only if the text so far does not
+/// already say it: many messages embed their source ("cannot open X: <OS error>"), and
+/// printing the chain as is would repeat it.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Logs go to stderr, filtered by `TTVM_LOG` (e.g. `TTVM_LOG=debug`); warnings by default.

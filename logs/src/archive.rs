@@ -19,11 +19,12 @@
 //! writes into a fresh temporary directory next to the destination, verifies the
 //! checksum and the trace header, and only then renames it into place: a damaged or
 //! truncated archive leaves nothing behind, and an existing trace is never overwritten.
-use crate::fsutil;
+use crate::files::{self, FileError};
+use crate::fsutil::{self, temp_sibling};
 use crate::header::{HeaderError, TraceHeader};
-use crate::location::LATEST_LINK;
+use crate::location::valid_trace_name;
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -52,6 +53,12 @@ pub enum ArchiveError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The archive to import is missing, not a regular file or unreadable.
+    #[error("cannot import: {0}")]
+    Archive(#[source] FileError),
+    /// A file of the trace to export is not a regular file, or unreadable.
+    #[error("cannot export: {0}")]
+    TraceFile(#[source] FileError),
     /// The trace to export holds something other than files and directories.
     #[error("cannot archive {path}: only regular files and directories can be archived")]
     Unsupported {
@@ -121,7 +128,8 @@ impl ArchiveError {
     pub fn is_damaged(&self) -> bool {
         matches!(
             self,
-            ArchiveError::NotAnArchive { .. }
+            ArchiveError::Archive(FileError::NotRegular { .. })
+                | ArchiveError::NotAnArchive { .. }
                 | ArchiveError::NewerVersion { .. }
                 | ArchiveError::Truncated { .. }
                 | ArchiveError::Corrupt { .. }
@@ -237,14 +245,6 @@ fn walk(
     Ok(())
 }
 
-/// A sibling of `path` for temporary contents: `.<name>.<tag>-<pid>`.
-fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "archive".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
-}
-
 /// Writes the trace in `trace_dir` to the new file `out` (never overwriting it).
 pub fn export(trace_dir: &Path, out: &Path) -> Result<ExportSummary, ArchiveError> {
     TraceHeader::read(trace_dir)?;
@@ -310,37 +310,46 @@ fn write_archive(
     };
     let werr = io_err("write", tmp);
     let mut trace_bytes = 0;
-    let result: io::Result<()> = (|| {
+    let head: io::Result<()> = (|| {
         w.write_all(ARCHIVE_MAGIC)?;
         w.write_all(&ARCHIVE_VERSION.to_le_bytes())?;
         let len = u16::try_from(name.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "trace name too long"))?;
         w.write_all(&len.to_le_bytes())?;
-        w.write_all(name.as_bytes())?;
-        for (rel, path, is_dir) in entries {
-            if *is_dir {
-                write_path(&mut w, TAG_DIR, rel)?;
-                continue;
-            }
-            let mut f = File::open(path)?;
-            let size = f.metadata()?.len();
+        w.write_all(name.as_bytes())
+    })();
+    head.map_err(werr)?;
+    for (rel, path, is_dir) in entries {
+        if *is_dir {
+            write_path(&mut w, TAG_DIR, rel).map_err(io_err("write", tmp))?;
+            continue;
+        }
+        // Checked again as it is opened: an entry replaced by a FIFO since the walk must
+        // not block the export.
+        let (mut f, size) = files::open_regular(path).map_err(ArchiveError::TraceFile)?;
+        let copied: io::Result<u64> = (|| {
             write_path(&mut w, TAG_FILE, rel)?;
             w.write_all(&size.to_le_bytes())?;
             // Exactly `size` bytes, even if the file changes under us.
-            let copied = io::copy(&mut (&mut f).take(size), &mut w)?;
-            if copied != size {
-                return Err(io::Error::new(
+            io::copy(&mut (&mut f).take(size), &mut w)
+        })();
+        if copied.map_err(io_err("write", tmp))? != size {
+            return Err(ArchiveError::Io {
+                op: "archive",
+                path: path.clone(),
+                source: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("{} shrank while being archived", path.display()),
-                ));
-            }
-            trace_bytes += size;
+                    "it shrank while being archived",
+                ),
+            });
         }
+        trace_bytes += size;
+    }
+    let tail: io::Result<()> = (|| {
         w.write_all(&[TAG_END])?;
-        w.write_all(&(entries.len() as u64).to_le_bytes())?;
-        Ok(())
+        w.write_all(&(entries.len() as u64).to_le_bytes())
     })();
-    result.map_err(werr)?;
+    tail.map_err(io_err("write", tmp))?;
     let digest = w.hasher.finalize_reset();
     let mut inner = w.inner;
     inner.write_all(&digest).map_err(io_err("write", tmp))?;
@@ -362,6 +371,8 @@ struct Source<'a, R> {
     inner: R,
     hasher: Sha256,
     offset: u64,
+    /// Size of the archive file: nothing in it can be longer than what is left.
+    len: u64,
     path: &'a Path,
 }
 
@@ -455,18 +466,14 @@ fn safe_relative(rel: &str) -> bool {
             .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
-/// A trace name usable as a directory name in the trace root.
-fn safe_name(name: &str) -> bool {
-    safe_relative(name) && !name.contains('/') && !name.starts_with('.') && name != LATEST_LINK
-}
-
 /// Restores the trace in `archive` to `target`. Nothing is left behind on failure.
 pub fn import(archive: &Path, target: &ImportTarget) -> Result<ImportSummary, ArchiveError> {
-    let file = File::open(archive).map_err(io_err("open", archive))?;
+    let (file, len) = files::open_regular(archive).map_err(ArchiveError::Archive)?;
     let mut src = Source {
         inner: BufReader::with_capacity(1 << 16, file),
         hasher: Sha256::new(),
         offset: 0,
+        len,
         path: archive,
     };
     let mut magic = [0u8; 8];
@@ -487,7 +494,7 @@ pub fn import(archive: &Path, target: &ImportTarget) -> Result<ImportSummary, Ar
     let at = src.offset;
     let len = usize::from(src.u16("the trace name")?);
     let name = src.text(len, "the trace name")?;
-    if !safe_name(&name) {
+    if !valid_trace_name(&name) {
         return Err(src.corrupt(at, format!("unusable trace name {name:?}")));
     }
     let dest = match target {
@@ -553,6 +560,16 @@ fn unpack<R: Read>(
             TAG_FILE => {
                 let rel = src.path()?;
                 let size = src.u64("a file size")?;
+                let left = src.len.saturating_sub(src.offset);
+                if size > left {
+                    return Err(ArchiveError::Truncated {
+                        path: src.path.to_path_buf(),
+                        offset: src.len,
+                        context: format!(
+                            "yet {rel} at byte {at} claims {size} bytes and only {left} remain"
+                        ),
+                    });
+                }
                 let path = dir.join(&rel);
                 if let Some(parent) = path.parent() {
                     fs::create_dir_all(parent).map_err(io_err("create", parent))?;

@@ -5,6 +5,7 @@
 //! CRC-32 of the compressed payload u32, CRC-32 of the header's first 28 bytes u32)
 //! followed by the zstd frame (the payload). Files are written to a temporary name and renamed, so a checkpoint is
 //! either entirely there or absent.
+use crate::files::{self, FileError};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -16,6 +17,26 @@ pub const CHECKPOINT_DIR: &str = "checkpoints";
 const MAGIC: [u8; 8] = *b"TTVMCKPT";
 const HEADER_LEN: usize = 32;
 const ZSTD_LEVEL: i32 = 3;
+/// Room for a snapshot's machine state beside guest memory (vCPU, devices, clock: tens
+/// of KiB in practice).
+const MAX_STATE_BYTES: u64 = 16 << 20;
+
+/// The largest checkpoint (uncompressed) a machine with `mem_bytes` of RAM can produce:
+/// every page with its 5-byte page header, plus the machine state. Readers refuse more.
+pub fn max_raw_len(mem_bytes: u64) -> u64 {
+    mem_bytes
+        .saturating_add(mem_bytes / 4096 * 5)
+        .saturating_add(MAX_STATE_BYTES)
+}
+
+/// The largest checkpoint file holding at most `max_raw` bytes: zstd never expands data
+/// by more than a small fraction (this bound is above zstd's own).
+fn max_file_len(max_raw: u64) -> u64 {
+    (HEADER_LEN as u64)
+        .saturating_add(max_raw)
+        .saturating_add(max_raw / 64)
+        .saturating_add(64 << 10)
+}
 
 /// Identifier of a checkpoint inside its trace (0, 1, 2... in creation order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -53,6 +74,9 @@ pub enum CheckpointError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is missing, not a regular file, or too large.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file is damaged.
     #[error("corrupt checkpoint {path} at byte {offset}: {detail}")]
     Corrupt {
@@ -153,10 +177,12 @@ pub fn list_checkpoints(trace_dir: &Path) -> Result<Vec<CheckpointInfo>, Checkpo
     Ok(list)
 }
 
-/// Reads checkpoint `id` of `trace_dir`: its position and its verified bytes.
+/// Reads checkpoint `id` of `trace_dir`: its position and its verified bytes, which must
+/// be at most `max_raw` (see [`max_raw_len`]).
 pub fn read_checkpoint(
     trace_dir: &Path,
     id: CheckpointId,
+    max_raw: u64,
 ) -> Result<(u64, Vec<u8>), CheckpointError> {
     let info = list_checkpoints(trace_dir)?
         .into_iter()
@@ -165,14 +191,25 @@ pub fn read_checkpoint(
             id,
             dir: trace_dir.join(CHECKPOINT_DIR),
         })?;
-    let path = info.path;
-    let data = std::fs::read(&path).map_err(|source| CheckpointError::Io {
-        op: "read",
-        path: path.clone(),
-        source,
-    })?;
+    let data = files::read_bounded(
+        &info.path,
+        max_file_len(max_raw),
+        "a checkpoint of this trace's machine",
+    )?;
+    decode_checkpoint(&info.path, &data, Some(info.position), max_raw)
+}
+
+/// Decodes the contents of a checkpoint file (`path` names it in errors): its position
+/// and verified bytes. `expected_position` is the one its file name gives; the bytes
+/// must be at most `max_raw`.
+pub fn decode_checkpoint(
+    path: &Path,
+    data: &[u8],
+    expected_position: Option<u64>,
+    max_raw: u64,
+) -> Result<(u64, Vec<u8>), CheckpointError> {
     let corrupt = |offset: u64, detail: String| CheckpointError::Corrupt {
-        path: path.clone(),
+        path: path.to_path_buf(),
         offset,
         detail,
     };
@@ -192,13 +229,19 @@ pub fn read_checkpoint(
         return Err(corrupt(28, "header checksum mismatch".into()));
     }
     let position = word(8, 8);
-    if position != info.position {
+    if expected_position.is_some_and(|p| p != position) {
         return Err(corrupt(
             8,
             format!("position {position} differs from the file name's"),
         ));
     }
     let raw_len = word(16, 8);
+    if raw_len > max_raw {
+        return Err(corrupt(
+            16,
+            format!("it claims {raw_len} bytes, more than a snapshot of this machine can hold ({max_raw})"),
+        ));
+    }
     let payload = &data[HEADER_LEN..];
     if word(24, 4) != u64::from(crc32fast::hash(payload)) {
         return Err(corrupt(
@@ -207,7 +250,7 @@ pub fn read_checkpoint(
         ));
     }
     let mut bytes = Vec::new();
-    zstd::stream::read::Decoder::new(payload)
+    zstd::stream::read::Decoder::with_buffer(payload)
         .and_then(|d| d.take(raw_len.saturating_add(1)).read_to_end(&mut bytes))
         .map_err(|e| corrupt(HEADER_LEN as u64, format!("cannot decompress: {e}")))?;
     if bytes.len() as u64 != raw_len {
@@ -233,11 +276,11 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert_eq!((list[1].id, list[1].position), (CheckpointId(1), 200));
         assert_eq!(
-            read_checkpoint(tmp.path(), CheckpointId(0)).unwrap(),
+            read_checkpoint(tmp.path(), CheckpointId(0), 1 << 20).unwrap(),
             (100, data)
         );
         assert!(matches!(
-            read_checkpoint(tmp.path(), CheckpointId(7)),
+            read_checkpoint(tmp.path(), CheckpointId(7), 1 << 20),
             Err(CheckpointError::NotFound { .. })
         ));
     }
@@ -252,14 +295,14 @@ mod tests {
             bad[i] ^= 0x10;
             std::fs::write(&info.path, &bad).unwrap();
             assert!(
-                read_checkpoint(tmp.path(), CheckpointId(0)).is_err(),
+                read_checkpoint(tmp.path(), CheckpointId(0), 1 << 20).is_err(),
                 "byte {i}"
             );
         }
         for len in 0..good.len() {
             std::fs::write(&info.path, &good[..len]).unwrap();
             assert!(
-                read_checkpoint(tmp.path(), CheckpointId(0)).is_err(),
+                read_checkpoint(tmp.path(), CheckpointId(0), 1 << 20).is_err(),
                 "len {len}"
             );
         }

@@ -1,19 +1,19 @@
 //! Small file-system helpers shared by the writer, checkpoints and locations.
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temporary sibling is written, fsynced and
 /// renamed over `path`, then the directory is fsynced. Readers see the old or the new
 /// contents, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    if path.file_name().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no file name",
+        ));
+    }
+    let tmp = temp_sibling(path, "tmp");
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -28,6 +28,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Longest part of a file name kept in a temporary sibling's name, so that the sibling
+/// of any valid name (up to 255 bytes) is itself a valid name.
+const TEMP_NAME_KEEP: usize = 200;
+
+/// A sibling of `path` for temporary contents: `.<name>.<tag>-<pid>`, with `<name>`
+/// shortened (at a character boundary) to keep the whole under the 255-byte name limit.
+pub fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "temp".into(), |n| n.to_string_lossy().into_owned());
+    let mut keep = name.len().min(TEMP_NAME_KEEP);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    path.with_file_name(format!(".{}.{tag}-{}", &name[..keep], std::process::id()))
 }
 
 /// fsyncs a directory so renames and creations in it are durable.
@@ -54,4 +71,25 @@ pub fn dir_size(dir: &Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_siblings_of_long_names_are_valid_names() {
+        let long = "é".repeat(127) + "x"; // 255 bytes
+        let tmp = temp_sibling(&Path::new("/r").join(&long), "import");
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert!(name.len() <= 255, "{} bytes", name.len());
+        assert!(
+            name.starts_with(".éé") && name.contains(".import-"),
+            "{name}"
+        );
+        assert_eq!(
+            temp_sibling(Path::new("/r/t-1"), "tmp"),
+            PathBuf::from(format!("/r/.t-1.tmp-{}", std::process::id()))
+        );
+    }
 }

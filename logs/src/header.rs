@@ -7,6 +7,7 @@
 //! later must be optional (`#[serde(default)]`) so older traces keep parsing; readers
 //! ignore fields they do not know.
 use crate::event::{EndReason, EventKind};
+use crate::files::{self, FileError};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,18 +20,16 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const COMPAT_VERSION: u32 = 1;
 /// Name of the header file inside a trace directory.
 pub const HEADER_FILE: &str = "header.json";
+/// Largest `header.json` a reader accepts. A header is a few KiB (the CPUID template is
+/// its largest part); anything near this limit is not a header.
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 /// Errors reading or writing `header.json`.
 #[derive(Debug, Error)]
 pub enum HeaderError {
-    /// The file could not be read.
-    #[error("cannot read trace header {path}: {source}")]
-    Read {
-        /// The header file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The file could not be read (missing, not a regular file, too large, I/O error).
+    #[error("cannot read the trace header: {0}")]
+    Read(#[source] FileError),
     /// The file could not be written.
     #[error("cannot write trace header {path}: {source}")]
     Write {
@@ -53,8 +52,19 @@ pub enum HeaderError {
         /// The header file.
         path: PathBuf,
     },
+    /// The version fields name no format any ttvm writes (0, or a trace needing a reader
+    /// format above the one that wrote it).
+    #[error("corrupt trace header {path}: format_version {format} with compat_version {compat} is not a trace format (this ttvm reads formats 1 to {FORMAT_VERSION})")]
+    BadVersion {
+        /// The header file.
+        path: PathBuf,
+        /// The trace's format version.
+        format: u32,
+        /// The minimum reader format it claims to need.
+        compat: u32,
+    },
     /// The trace needs a newer reader.
-    #[error("trace made by a newer ttvm (format {format}); upgrade ttvm to read it ({path} needs reader format {compat}, this ttvm reads format {FORMAT_VERSION})")]
+    #[error("trace made by a newer ttvm (format {format}); upgrade ttvm to read it ({path} needs reader format {compat}, this ttvm reads formats 1 to {FORMAT_VERSION})")]
     NewerFormat {
         /// The header file.
         path: PathBuf,
@@ -313,10 +323,8 @@ impl TraceHeader {
     /// Reads `dir/header.json`, refusing traces that need a newer reader.
     pub fn read(dir: &Path) -> Result<Self, HeaderError> {
         let path = dir.join(HEADER_FILE);
-        let text = std::fs::read(&path).map_err(|source| HeaderError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = files::read_bounded(&path, MAX_HEADER_BYTES, "a trace header")
+            .map_err(HeaderError::Read)?;
         Self::parse(&path, &text)
     }
 
@@ -339,6 +347,13 @@ impl TraceHeader {
                 path: path.to_path_buf(),
             });
         };
+        if format == 0 || compat == 0 || compat > format {
+            return Err(HeaderError::BadVersion {
+                path: path.to_path_buf(),
+                format,
+                compat,
+            });
+        }
         if compat > FORMAT_VERSION {
             return Err(HeaderError::NewerFormat {
                 path: path.to_path_buf(),
@@ -411,5 +426,26 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("trace made by a newer ttvm (format 6); upgrade ttvm to read it"));
+    }
+
+    #[test]
+    fn zero_and_inconsistent_versions_are_refused_with_the_supported_range() {
+        let h = TraceHeader::new(&TraceMeta::default(), GuestImageInfo::default());
+        for (format, compat) in [(0, 1), (0, 0), (1, 0), (1, 2)] {
+            let mut v = serde_json::to_value(&h).unwrap();
+            v["format_version"] = serde_json::json!(format);
+            v["compat_version"] = serde_json::json!(compat);
+            let err =
+                TraceHeader::parse(Path::new("h"), &serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(matches!(err, HeaderError::BadVersion { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("corrupt trace header h: format_version {format} with compat_version {compat} is not a trace format (this ttvm reads formats 1 to 1)")
+            );
+        }
+        // A newer writer whose traces older readers can read is fine.
+        let mut v = serde_json::to_value(&h).unwrap();
+        v["format_version"] = serde_json::json!(FORMAT_VERSION + 1);
+        assert!(TraceHeader::parse(Path::new("h"), &serde_json::to_vec(&v).unwrap()).is_ok());
     }
 }

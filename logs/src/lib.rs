@@ -50,8 +50,10 @@ pub mod archive;
 pub mod checkpoint;
 pub mod chunk;
 pub mod clock_params;
+pub mod close;
 pub mod codec;
 pub mod event;
+pub mod files;
 mod fsutil;
 pub mod header;
 pub mod location;
@@ -62,6 +64,7 @@ pub mod writer;
 
 pub use checkpoint::{CheckpointError, CheckpointId, CheckpointInfo};
 pub use event::{EndReason, Event, EventKind, EventRecord};
+pub use files::FileError;
 pub use header::{
     ClockInfo, CloseRecord, CpuidEntry, GuestImageInfo, HeaderError, HostInfo, MachineConfig,
     Timestamp, TraceHeader, TraceMeta, COMPAT_VERSION, FORMAT_VERSION,
@@ -69,7 +72,7 @@ pub use header::{
 pub use location::{
     default_trace_root, resolve_trace, LocationError, TraceLocation, LATEST_LINK, TRACE_DIR_ENV,
 };
-pub use reader::{Events, ReadError, TraceReader};
+pub use reader::{Events, ReadError, TraceReader, MAX_GUEST_IMAGE_BYTES};
 pub use stream::{EventStream, StreamError, Tail};
 pub use writer::{CloseInfo, TraceSummary, TraceWriter, WriteError, WriterOptions};
 

@@ -68,11 +68,25 @@ pub enum LocationError {
         tried: Vec<PathBuf>,
     },
     /// The guest name cannot be used in a directory name.
-    #[error("guest name {name:?} cannot name a trace directory")]
+    #[error("guest name {name:?} cannot name a trace directory (name one with -o DIR)")]
     BadGuestName {
         /// The name.
         name: String,
     },
+}
+
+/// Longest file name Linux allows (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// Whether `name` can name a trace directory in the trace root: a single valid file
+/// name that is not hidden (`.`), cannot be taken for an option (`-`), and is not the
+/// `latest-trace` link.
+pub fn valid_trace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && !name.contains(['/', '\0'])
+        && !name.starts_with(['.', '-'])
+        && name != LATEST_LINK
 }
 
 /// Where a new trace goes.
@@ -154,11 +168,7 @@ fn trace_number(name: &OsStr, guest_name: &str) -> Option<u64> {
 }
 
 fn create_numbered(root: &Path, guest_name: &str) -> Result<PathBuf, LocationError> {
-    if guest_name.is_empty()
-        || guest_name.contains('/')
-        || guest_name.starts_with('.')
-        || guest_name == LATEST_LINK
-    {
+    if !valid_trace_name(guest_name) {
         return Err(LocationError::BadGuestName {
             name: guest_name.to_string(),
         });
@@ -257,6 +267,27 @@ mod tests {
             Err(LocationError::NotFound { .. })
         ));
         assert!(loc.create_dir("../evil").is_err());
+        assert!(matches!(
+            loc.create_dir("-o"),
+            Err(LocationError::BadGuestName { .. })
+        ));
+    }
+
+    #[test]
+    fn trace_names() {
+        assert!(valid_trace_name("race-3"));
+        assert!(valid_trace_name(&"x".repeat(255)));
+        for bad in [
+            "",
+            ".hidden",
+            "-o",
+            "a/b",
+            "a\0b",
+            LATEST_LINK,
+            &"x".repeat(256),
+        ] {
+            assert!(!valid_trace_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Opening a trace directory: header, completeness, embedded guest image, checkpoints,
 //! and the event stream (see [`crate::stream`] for the reading rules).
 use crate::checkpoint::{self, CheckpointError, CheckpointId, CheckpointInfo};
+use crate::chunk::{CHUNK_HEADER_LEN, INDEX_ENTRY_LEN, PREAMBLE_LEN};
+use crate::close::close_mismatch;
 use crate::event::EventRecord;
-use crate::header::{GuestImageInfo, HeaderError, TraceHeader};
+use crate::files::{self, FileError};
+use crate::header::{GuestImageInfo, HeaderError, TraceHeader, HEADER_FILE};
 use crate::stream::{EventStream, StreamError, Tail};
 use crate::writer::sha256_hex;
 use crate::{COMPLETE_MARKER, EVENTS_FILE, GUEST_IMAGE_FILE, INDEX_FILE, INITRD_FILE};
@@ -10,6 +13,10 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+
+/// Largest guest image a trace may embed (uncompressed), and the largest `ttvm run` and
+/// `ttvm record` read: far above any kernel's loaded size, even with debug information.
+pub const MAX_GUEST_IMAGE_BYTES: u64 = 4 << 30;
 
 /// Errors opening or reading a trace.
 #[derive(Debug, Error)]
@@ -23,16 +30,9 @@ pub enum ReadError {
     /// A checkpoint could not be read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// A file of the trace could not be opened or read.
-    #[error("cannot {op} {path}: {source}")]
-    Io {
-        /// What was attempted.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// A file of the trace is missing, not a regular file, too large or unreadable.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The embedded guest image is damaged.
     #[error("embedded guest image {path} is damaged: {detail}")]
     GuestImage {
@@ -68,6 +68,7 @@ impl TraceReader {
     /// Opens the trace directory `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ReadError> {
         let dir = dir.as_ref().to_path_buf();
+        files::require_dir(&dir)?;
         let header = TraceHeader::read(&dir)?;
         let marked = dir.join(COMPLETE_MARKER).exists();
         let complete = marked && header.close.is_some();
@@ -75,24 +76,21 @@ impl TraceReader {
             tracing::warn!(dir = %dir.display(), "trace has a complete marker but no close record; treating it as incomplete");
         }
         let events_path = dir.join(EVENTS_FILE);
-        let file = File::open(&events_path).map_err(|source| ReadError::Io {
-            op: "open",
-            path: events_path.clone(),
-            source,
-        })?;
-        // The index is a hint: any problem with it just means walking chunk headers.
-        let index = std::fs::read(dir.join(INDEX_FILE)).ok();
-        let expected = if complete {
-            header.close.as_ref().map(|c| c.event_count)
-        } else {
-            None
-        };
-        let stream = EventStream::open(
+        let (file, events_len) = files::open_regular(&events_path)?;
+        let index = read_index(&dir.join(INDEX_FILE), events_len)?;
+        let close = header.close.as_ref().filter(|_| complete);
+        let mut stream = EventStream::open(
             BufReader::with_capacity(64 * 1024, file),
             events_path,
             index.as_deref(),
-            expected,
+            close.map(|c| c.event_count),
         )?;
+        if let Some(close) = close {
+            if let Some(detail) = close_mismatch(close, &mut stream) {
+                tracing::debug!(dir = %dir.display(), %detail, "close record contradicts the stream");
+                stream.set_close_mismatch(dir.join(HEADER_FILE), detail);
+            }
+        }
         Ok(TraceReader {
             dir,
             header,
@@ -157,6 +155,19 @@ impl TraceReader {
         Events { reader: self }
     }
 
+    /// Whether the close record contradicts the event stream: the error the stream
+    /// ends with, if so (reading the events reaches it too, after the last event).
+    pub fn check_close(&self) -> Result<(), ReadError> {
+        match self.stream.close_mismatch() {
+            Some((header, detail)) => Err(StreamError::CloseMismatch {
+                header: header.to_path_buf(),
+                detail: detail.to_string(),
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
     /// The embedded guest image, decompressed and checked against the header's
     /// size and SHA-256.
     pub fn guest_image(&self) -> Result<Vec<u8>, ReadError> {
@@ -174,15 +185,17 @@ impl TraceReader {
     /// An embedded file (`name` in the trace), decompressed and checked against `info`.
     fn embedded(&self, name: &str, info: &GuestImageInfo) -> Result<Vec<u8>, ReadError> {
         let path = self.dir.join(name);
-        let file = File::open(&path).map_err(|source| ReadError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })?;
+        let (file, _) = files::open_regular(&path)?;
         let damaged = |detail: String| ReadError::GuestImage {
             path: path.clone(),
             detail,
         };
+        if info.size > MAX_GUEST_IMAGE_BYTES {
+            return Err(damaged(format!(
+                "the header says it is {} bytes, more than a guest image can be ({MAX_GUEST_IMAGE_BYTES} bytes at most)",
+                info.size
+            )));
+        }
         let mut image = Vec::new();
         zstd::stream::read::Decoder::new(file)
             .and_then(|d| d.take(info.size.saturating_add(1)).read_to_end(&mut image))
@@ -209,9 +222,29 @@ impl TraceReader {
         Ok(checkpoint::list_checkpoints(&self.dir)?)
     }
 
-    /// Reads checkpoint `id`: its position and bytes.
+    /// Reads checkpoint `id`: its position and bytes (at most what a snapshot of this
+    /// trace's machine can hold).
     pub fn read_checkpoint(&self, id: CheckpointId) -> Result<(u64, Vec<u8>), ReadError> {
-        Ok(checkpoint::read_checkpoint(&self.dir, id)?)
+        let max_raw = checkpoint::max_raw_len(self.header.machine.mem_bytes);
+        Ok(checkpoint::read_checkpoint(&self.dir, id, max_raw)?)
+    }
+}
+
+/// The contents of `events.idx`, if usable. The index is a hint: a missing or unreadable
+/// one means walking chunk headers. It holds at most one entry per chunk, and every chunk
+/// takes at least a chunk header in `events`, so only that much of it is read.
+fn read_index(path: &Path, events_len: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    let chunks = events_len.saturating_sub(PREAMBLE_LEN as u64) / CHUNK_HEADER_LEN as u64;
+    let limit = (PREAMBLE_LEN as u64).saturating_add(chunks.saturating_mul(INDEX_ENTRY_LEN as u64));
+    match files::read_prefix(path, limit) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(FileError::Missing { .. }) => Ok(None),
+        // Not something a crash leaves behind: say so rather than silently walking.
+        Err(e @ FileError::NotRegular { .. }) => Err(e.into()),
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring the chunk index");
+            Ok(None)
+        }
     }
 }
 

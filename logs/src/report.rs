@@ -145,6 +145,10 @@ pub fn describe_trace(dir: &Path) -> TraceListing {
     } else {
         TraceStatus::Incomplete
     };
+    if let Err(e) = reader.check_close() {
+        row.status = TraceStatus::Damaged;
+        row.error = Some(e.to_string());
+    }
     match reader.tail() {
         Tail::Corrupt { offset, detail } => {
             row.status = TraceStatus::Damaged;

@@ -88,6 +88,14 @@ pub enum StreamError {
         /// Events the header announces.
         expected: u64,
     },
+    /// A complete trace's close record (in its header) contradicts the event stream.
+    #[error("the close record in {header} does not match the event stream: {detail}; the trace is damaged")]
+    CloseMismatch {
+        /// The header file.
+        header: PathBuf,
+        /// What differs.
+        detail: String,
+    },
     /// `seek_event` beyond the known events.
     #[error("cannot seek to event {requested}: the trace has {available} readable events")]
     SeekPastEnd {
@@ -97,6 +105,10 @@ pub enum StreamError {
         available: u64,
     },
 }
+
+/// Buffers are reserved up front only up to this many elements; beyond, they grow with
+/// what is actually decoded.
+const PREALLOCATE_MAX: usize = 1 << 16;
 
 /// What follows the last intact chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +144,9 @@ pub struct EventStream<R> {
     pending: Option<StreamError>,
     finished: bool,
     payload: Vec<u8>,
+    /// The header file and what its close record gets wrong, reported where the stream
+    /// would otherwise end cleanly.
+    close_mismatch: Option<(PathBuf, String)>,
 }
 
 impl<R> std::fmt::Debug for EventStream<R> {
@@ -196,6 +211,7 @@ impl<R: Read + Seek> EventStream<R> {
             pending: None,
             finished: false,
             payload: Vec::new(),
+            close_mismatch: None,
         };
         if got < PREAMBLE_LEN {
             stream.tail = Tail::Truncated { offset: 0 };
@@ -384,7 +400,11 @@ impl<R: Read + Seek> EventStream<R> {
                 ),
             ));
         }
-        let raw = zstd::bulk::decompress(payload, header.raw_len as usize)
+        // Streamed, so memory follows what the payload really holds, not what its header
+        // claims (a few KiB of zstd can claim 256 MiB).
+        let mut raw = Vec::with_capacity((header.raw_len as usize).min(PREALLOCATE_MAX));
+        zstd::stream::read::Decoder::with_buffer(payload)
+            .and_then(|d| d.take(u64::from(header.raw_len) + 1).read_to_end(&mut raw))
             .map_err(|e| self.corrupt(offset, format!("cannot decompress chunk: {e}")))?;
         if raw.len() != header.raw_len as usize {
             return Err(self.corrupt(
@@ -397,7 +417,7 @@ impl<R: Read + Seek> EventStream<R> {
             ));
         }
         let mut dec = Decoder::new(&raw);
-        let mut events = Vec::with_capacity(header.event_count as usize);
+        let mut events = Vec::with_capacity((header.event_count as usize).min(PREALLOCATE_MAX));
         let mut position = header.base_position;
         for n in 0..u64::from(header.event_count) {
             let index = header.first_event + n;
@@ -457,8 +477,37 @@ impl<R: Read + Seek> EventStream<R> {
                     expected,
                 })
             }
-            (Tail::Clean, Some(_)) => None,
+            (Tail::Clean, Some(_)) => {
+                self.close_mismatch
+                    .as_ref()
+                    .map(|(header, detail)| StreamError::CloseMismatch {
+                        header: header.clone(),
+                        detail: detail.clone(),
+                    })
+            }
         }
+    }
+
+    /// Makes the stream end with [`StreamError::CloseMismatch`] instead of cleanly: the
+    /// close record in `header` disagrees with the stream (`detail` says how).
+    pub fn set_close_mismatch(&mut self, header: PathBuf, detail: String) {
+        self.close_mismatch = Some((header, detail));
+    }
+
+    /// The header file and the disagreement set by [`Self::set_close_mismatch`].
+    pub fn close_mismatch(&self) -> Option<(&std::path::Path, &str)> {
+        self.close_mismatch
+            .as_ref()
+            .map(|(header, detail)| (header.as_path(), detail.as_str()))
+    }
+
+    /// The last event of the chunks found (reading only the last chunk), without
+    /// moving the iteration; `None` if there are no chunks.
+    pub fn last_event(&mut self) -> Result<Option<EventRecord>, StreamError> {
+        let Some(last) = self.chunks.len().checked_sub(1) else {
+            return Ok(None);
+        };
+        Ok(self.load_chunk(last)?.pop())
     }
 
     /// Makes the next event (or the pending error) available.

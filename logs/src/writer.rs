@@ -74,6 +74,18 @@ pub enum WriteError {
         /// The limit.
         limit: u32,
     },
+    /// `finish` with an end other than the `End` event already pushed.
+    #[error("the close record (end \"{close_reason}\" at position {final_position}) contradicts the End event pushed last (\"{pushed_reason}\" at position {pushed_position})")]
+    CloseContradictsEnd {
+        /// The end given to `finish`.
+        close_reason: EndReason,
+        /// The final position given to `finish`.
+        final_position: u64,
+        /// The reason of the `End` event pushed.
+        pushed_reason: EndReason,
+        /// Its position.
+        pushed_position: u64,
+    },
     /// `finish` with a final position before the last event.
     #[error("final position {final_position} is before the last event's {last}")]
     FinalPositionBeforeLast {
@@ -152,7 +164,8 @@ pub struct TraceWriter {
     chunk_events: u32,
     chunk_base_position: u64,
     last_position: u64,
-    last_was_end: bool,
+    /// The reason of the last event pushed, if it is an `End`.
+    last_end: Option<EndReason>,
     total_events: u64,
     chunk_count: u64,
     raw_bytes: u64,
@@ -265,7 +278,7 @@ impl TraceWriter {
             chunk_events: 0,
             chunk_base_position: 0,
             last_position: 0,
-            last_was_end: false,
+            last_end: None,
             total_events: 0,
             chunk_count: 0,
             raw_bytes: 0,
@@ -328,7 +341,10 @@ impl TraceWriter {
         }
         self.last_position = record.position;
         let kind = record.event.kind();
-        self.last_was_end = kind == EventKind::End;
+        self.last_end = match &record.event {
+            Event::End { reason } => Some(reason.clone()),
+            _ => None,
+        };
         self.counts[kind.index()] += 1;
         self.chunk_events += 1;
         self.total_events += 1;
@@ -417,8 +433,9 @@ impl TraceWriter {
     }
 
     /// Closes the trace: appends `End { reason }` at the final position unless the last
-    /// event already is an `End`, flushes, fsyncs, rewrites the header with the close
-    /// record, and replaces the `incomplete` marker by `complete`.
+    /// event already is that `End` (another `End` is an error: readers check that the
+    /// close record and the stream's end agree), flushes, fsyncs, rewrites the header
+    /// with the close record, and replaces the `incomplete` marker by `complete`.
     pub fn finish(mut self, close: CloseInfo) -> Result<TraceSummary, WriteError> {
         if close.final_position < self.last_position {
             return Err(WriteError::FinalPositionBeforeLast {
@@ -426,13 +443,23 @@ impl TraceWriter {
                 last: self.last_position,
             });
         }
-        if !self.last_was_end {
-            self.push(EventRecord {
+        match self.last_end.take() {
+            None => self.push(EventRecord {
                 position: close.final_position,
                 event: Event::End {
                     reason: close.end_reason.clone(),
                 },
-            })?;
+            })?,
+            Some(pushed) => {
+                if pushed != close.end_reason || self.last_position != close.final_position {
+                    return Err(WriteError::CloseContradictsEnd {
+                        close_reason: close.end_reason,
+                        final_position: close.final_position,
+                        pushed_reason: pushed,
+                        pushed_position: self.last_position,
+                    });
+                }
+            }
         }
         self.flush()?;
         let events_path = self.dir.join(EVENTS_FILE);

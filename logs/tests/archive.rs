@@ -11,21 +11,7 @@ use ttvm_logs::*;
 
 /// A finished trace with events and two checkpoints, in `<tmp>/src/t-1`.
 fn sample_trace(tmp: &Path) -> PathBuf {
-    let dir = tmp.join("src/t-1");
-    let mut w = TraceWriter::create_with(
-        &TraceLocation::Exact(dir.clone()),
-        &meta(),
-        IMAGE,
-        small_chunks(256),
-    )
-    .unwrap();
-    for e in sample_events(500) {
-        w.push(e).unwrap();
-    }
-    w.add_checkpoint(100, b"checkpoint one").unwrap();
-    w.add_checkpoint(900, &[7u8; 5000]).unwrap();
-    w.finish(close_info(500 * 40)).unwrap();
-    dir
+    trace_with_checkpoints(&tmp.join("src/t-1"), 500)
 }
 
 /// Every file under `dir` with its contents, by relative path.
@@ -131,8 +117,9 @@ fn truncated_archives_are_refused_at_every_length() {
     if let Err(e) = archive::import(&cut, &ImportTarget::Exact(tmp.path().join("x"))) {
         err = e.to_string();
     }
+    // Found before a byte of it is written: its size is more than what is left.
     assert!(
-        err.contains("bytes read)"),
+        err.contains("yet events at byte") && err.contains("bytes and only"),
         "names the file cut short: {err}"
     );
 }
@@ -200,7 +187,16 @@ fn unsafe_paths_and_names_are_refused() {
         assert_refused(&bad, tmp.path(), "unsafe path");
     }
     assert!(!tmp.path().join("escape").exists());
-    for name in ["../up", ".hidden", "latest-trace", "a/b"] {
+    let too_long = "x".repeat(256);
+    for name in [
+        "../up",
+        ".hidden",
+        "latest-trace",
+        "a/b",
+        "-o",
+        "--help",
+        &too_long,
+    ] {
         fs::write(&bad, handmade(name, "header.json")).unwrap();
         let err =
             archive::import(&bad, &ImportTarget::InRoot(tmp.path().join("root"))).unwrap_err();
@@ -222,4 +218,49 @@ fn only_traces_are_exported() {
     let err = archive::export(&trace, &tmp.path().join("y.ttvm")).unwrap_err();
     assert!(err.to_string().contains("only regular files"), "{err}");
     assert_eq!(leftovers(tmp.path()), vec!["src".to_string()]);
+}
+
+#[test]
+fn a_255_byte_trace_name_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "n".repeat(255);
+    let trace = sample_trace(tmp.path());
+    let long = trace.with_file_name(&name);
+    fs::rename(&trace, &long).unwrap();
+    let file = tmp.path().join("long.ttvm");
+    archive::export(&long, &file).unwrap();
+    let root = tmp.path().join("root");
+    let got = archive::import(&file, &ImportTarget::InRoot(root.clone())).unwrap();
+    assert_eq!(got.dir, root.join(&name));
+    assert_eq!(contents(&got.dir), contents(&long));
+    // No temporary directory left beside it.
+    let mut left = leftovers(&root);
+    left.sort();
+    assert_eq!(left, vec!["latest-trace".to_string(), name]);
+}
+
+#[test]
+fn an_archive_that_is_not_a_regular_file_is_refused_without_blocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo.ttvm");
+    mkfifo(&fifo);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dest = tmp.path().join("dest");
+    fs::create_dir_all(&dest).unwrap();
+    let target = ImportTarget::Exact(dest.join("t"));
+    std::thread::spawn(move || {
+        let _ = tx.send(archive::import(&fifo, &target).map(|_| ()));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("import blocked on a FIFO")
+        .unwrap_err();
+    assert!(err.is_damaged(), "{err}");
+    assert!(
+        err.to_string().ends_with(
+            "fifo.ttvm is a FIFO (named pipe), not a regular file: ttvm reads only regular files"
+        ),
+        "{err}"
+    );
+    assert!(leftovers(&dest).is_empty());
 }

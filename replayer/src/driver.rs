@@ -17,6 +17,9 @@ pub enum DriverError {
     Divergence(Box<Divergence>),
     #[error("reading the trace failed: {0}")]
     Read(#[from] ReadError),
+    /// The trace lacks something every recording writes.
+    #[error("the trace is damaged: {0}")]
+    Damaged(String),
     /// The trace ends (recorder killed) where the machine needs more of it.
     #[error("trace ends early after event {after_event}: recorder did not finish")]
     EndsEarly { after_event: u64 },
@@ -486,15 +489,27 @@ impl StepDriver for ReplayDriver {
         digest: u64,
     ) -> Result<(), DriverError> {
         self.last_regs = Some(*regs);
-        if let Some(&Event::StateDigest { digest: recorded }) = self.at(pos) {
-            if recorded != digest {
-                return Err(self.diverge(
-                    pos,
-                    format!("final state digest {recorded:#018x} (registers, memory, devices)"),
-                    format!("final state digest {digest:#018x}"),
-                ));
+        match self.at(pos) {
+            Some(&Event::StateDigest { digest: recorded }) => {
+                if recorded != digest {
+                    return Err(self.diverge(
+                        pos,
+                        format!("final state digest {recorded:#018x} (registers, memory, devices)"),
+                        format!("final state digest {digest:#018x}"),
+                    ));
+                }
+                self.consume()?;
             }
-            self.consume()?;
+            // Every recording logs the digest right before a guest's end: without it the
+            // final state would go unchecked.
+            Some(Event::End { reason }) if same_end(reason, end) => {
+                let index = self.next.as_ref().map_or(0, |(i, _)| *i);
+                return Err(DriverError::Damaged(format!(
+                    "its end event (#{index} at position {pos}) is not preceded by the final \
+                     state digest every recording writes, so the final state cannot be checked"
+                )));
+            }
+            _ => {}
         }
         match self.at(pos) {
             Some(Event::End { reason }) if same_end(reason, end) => {

@@ -38,6 +38,8 @@ pub enum ReplayError {
     #[error("reading the trace failed during replay: {0}")]
     Read(ReadError),
     #[error("{0}")]
+    Damaged(String),
+    #[error("{0}")]
     Counter(String),
 }
 
@@ -183,12 +185,20 @@ pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), Repl
     ))
 }
 
+/// Opens `trace` for replay: a trace whose close record contradicts its events is
+/// refused as damaged before anything runs.
+fn open_checked(trace: &Path) -> Result<TraceReader, ReplayError> {
+    let reader = TraceReader::open(trace)?;
+    reader.check_close()?;
+    Ok(reader)
+}
+
 /// Opens `trace` and builds the machine it was recorded on.
 pub fn prepare(
     trace: &Path,
     serial_out: SerialOutput,
 ) -> Result<(Machine, TraceReader, TimeConfig, BootFacts), ReplayError> {
-    prepare_reader(TraceReader::open(trace)?, serial_out)
+    prepare_reader(open_checked(trace)?, serial_out)
 }
 
 /// [`prepare`] for a trace already open.
@@ -308,7 +318,7 @@ pub fn replay_with_progress(
     target: Option<Position>,
     progress: bool,
 ) -> Result<Replay, ReplayError> {
-    let reader = TraceReader::open(trace)?;
+    let reader = open_checked(trace)?;
     if ticked::is_pmu(reader.header()) {
         if target.is_some() {
             return Err(no_seeking_in_pmu_traces());
@@ -369,6 +379,7 @@ pub(crate) fn driver_error(e: DriverError) -> ReplayError {
     match e {
         DriverError::Divergence(d) => ReplayError::Divergence(d),
         DriverError::Read(r) => ReplayError::Read(r),
+        e @ DriverError::Damaged(_) => ReplayError::Damaged(e.to_string()),
         DriverError::EndsEarly { after_event } => ReplayError::Unsupported(format!(
             "trace ends early after event {after_event}: recorder did not finish"
         )),

@@ -420,14 +420,19 @@ impl Timeline {
                     match self.load_trace_checkpoint(self.trace_checkpoints[i].id) {
                         Ok(node) => node,
                         Err(e) => {
+                            let why = match e {
+                                TimelineError::TraceCheckpoint { detail, .. } => detail,
+                                other => other.to_string(),
+                            };
                             let msg = format!(
-                                "trace checkpoint {} at position {} is unusable ({e}); \
+                                "trace checkpoint {} at position {} is unusable ({why}); \
                                  replaying from an earlier point instead",
                                 self.trace_checkpoints[i].id, self.trace_checkpoints[i].position
                             );
+                            // Logged once here; front ends show `warnings` only in reports.
                             tracing::warn!("{msg}");
                             self.warnings.push(msg);
-                            self.trace_checkpoints[i].unusable = Some(e.to_string());
+                            self.trace_checkpoints[i].unusable = Some(why);
                             continue;
                         }
                     }
@@ -447,9 +452,11 @@ impl Timeline {
             return Ok(node);
         }
         let bad = |detail: String| TimelineError::TraceCheckpoint { id, detail };
-        let (position, bytes) =
-            ttvm_logs::checkpoint::read_checkpoint(&self.trace_dir, CheckpointId(id))
-                .map_err(|e| bad(e.to_string()))?;
+        let (position, bytes) = self
+            .driver
+            .reader()
+            .read_checkpoint(CheckpointId(id))
+            .map_err(|e| bad(e.to_string()))?;
         let snap = Snapshot::decode(&bytes).map_err(|e| bad(e.to_string()))?;
         if snap.state.position != position {
             return Err(bad(format!(

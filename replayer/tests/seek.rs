@@ -208,7 +208,10 @@ fn damaged_trace_checkpoints_fall_back_to_earlier_ones() {
     let bytes = std::fs::read(&list[2].path).unwrap();
     std::fs::write(&list[2].path, &bytes[..bytes.len() / 3]).unwrap();
     // The typed error.
-    let err = ttvm_logs::checkpoint::read_checkpoint(&trace, list[3].id).unwrap_err();
+    let err = ttvm_logs::TraceReader::open(&trace)
+        .unwrap()
+        .read_checkpoint(list[3].id)
+        .unwrap_err();
     assert!(err.to_string().contains("corrupt checkpoint"), "{err}");
 
     let mut t = open(&trace, Buf::default(), u64::MAX / 4);

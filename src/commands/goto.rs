@@ -89,9 +89,7 @@ pub fn run(args: &ReplayArgs, trace: &Path, target: u64) -> anyhow::Result<i32> 
         steps_replayed: timeline.stats.steps_replayed,
         warnings: timeline.warnings.clone(),
     };
-    for w in &report.warnings {
-        eprintln!("ttvm: warning: {w}");
-    }
+    // The warnings were logged on stderr as they happened; JSON carries them too.
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

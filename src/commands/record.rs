@@ -3,17 +3,17 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use ttvm_logs::TraceLocation;
 use ttvm_recorder::checkpoints::CheckpointEvery;
 use ttvm_recorder::clock_choice::{self, ClockChoice};
 use ttvm_recorder::{record, RecordClock, RecordOptions};
-use ttvm_vmm::elf_image::read_image_file;
 use ttvm_vmm::pmu::selftest;
 use ttvm_vmm::stepping::TimeConfig;
 
 use super::interrupt::stop_flag;
-use super::run::MachineArgs;
+use super::run::{read_guest_image, MachineArgs};
 use super::until_fail::{self, ChaosArgs};
 
 /// `ttvm record [OPTIONS] GUEST`
@@ -52,7 +52,7 @@ pub struct RecordArgs {
 }
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<i32> {
-    let image = read_image_file(&args.guest)?;
+    let image = read_guest_image(&args.guest).context("cannot read the guest image")?;
     let name = args
         .guest
         .file_stem()

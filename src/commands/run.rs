@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use ttvm_vmm::elf_image::read_image_file;
+use ttvm_logs::files::{self, FileError};
+use ttvm_logs::MAX_GUEST_IMAGE_BYTES;
 use ttvm_vmm::live::LiveDriver;
 use ttvm_vmm::memory::{self, DEFAULT_MEM};
 use ttvm_vmm::stepping::TimeConfig;
@@ -113,8 +114,14 @@ pub struct RunArgs {
     pub guest: PathBuf,
 }
 
+/// Reads the guest image named on the command line: a regular file (never a FIFO or a
+/// device, which could block or never end) of at most [`MAX_GUEST_IMAGE_BYTES`].
+pub fn read_guest_image(path: &Path) -> Result<Vec<u8>, FileError> {
+    files::read_bounded(path, MAX_GUEST_IMAGE_BYTES, "a guest image")
+}
+
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
-    let image = read_image_file(&args.guest)?;
+    let image = read_guest_image(&args.guest).context("cannot read the guest image")?;
     match args.clock {
         RunClock::None => run_image(&args.machine, &image),
         RunClock::Singlestep => run_image_stepped(&args.machine, &image, args.time_rate),

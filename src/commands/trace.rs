@@ -4,8 +4,9 @@
 //! Exit codes of `ttvm dump`: 0 everything requested was printed; 2 the trace ends
 //! early (its recorder did not finish): every readable event was printed, the message
 //! is on stderr; 3 the trace is damaged or cannot be read (newer format, corrupt chunk,
-//! missing files). `ttvm ls` exits 0 (damaged traces are listed with their error).
-//! Other failures (no trace root, unknown trace name) exit 120 through `main`.
+//! missing or special files, a close record contradicting the events). `ttvm ls` exits 0
+//! (damaged traces are listed with their error). Other failures (no trace root, unknown
+//! trace name, `--from` past the last event) exit 120.
 use clap::Args;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -138,6 +139,29 @@ fn exit_code(err: &ReadError) -> i32 {
     }
 }
 
+/// `--from N` past the last event: a damaged stream is what ends it early (exit 3);
+/// otherwise the request itself is wrong (exit 120). Returns the exit code if so.
+fn check_from(reader: &mut TraceReader, from: Option<u64>) -> Option<i32> {
+    let available = reader.event_count();
+    let from = from.filter(|&from| from > available)?;
+    let damage = match reader.seek_event(available) {
+        Err(e) => Some(e),
+        Ok(()) => match reader.next_event() {
+            Some(Err(e)) if e.ends_early().is_none() => Some(e),
+            _ => None,
+        },
+    };
+    if let Some(e) = damage {
+        eprintln!("ttvm dump: {e}");
+        return Some(EXIT_DAMAGED);
+    }
+    eprintln!(
+        "ttvm dump: --from {from} is past the end: {} has {available} events",
+        reader.dir().display()
+    );
+    Some(ttvm_vmm::exit_code::VMM_ERROR)
+}
+
 pub fn dump(args: &DumpArgs) -> anyhow::Result<i32> {
     let root = default_trace_root();
     let dir = match (&args.trace, root) {
@@ -151,6 +175,9 @@ pub fn dump(args: &DumpArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_DAMAGED);
         }
     };
+    if let Some(code) = check_from(&mut reader, args.from) {
+        return Ok(code);
+    }
     let opts = DumpOptions {
         from: args.from,
         to: args.to,

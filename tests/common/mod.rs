@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 pub fn ttvm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ttvm"))
@@ -61,6 +64,19 @@ pub fn tampered_copy(
     dst: &std::path::Path,
     edit: impl Fn(u64, &mut ttvm_logs::EventRecord),
 ) {
+    rewritten_copy(src, dst, |i, mut rec| {
+        edit(i, &mut rec);
+        Some(rec)
+    });
+}
+
+/// Copies the trace `src` to `dst` through the trace writer, writing what `rewrite` makes
+/// of event i (`None` drops it).
+pub fn rewritten_copy(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    mut rewrite: impl FnMut(u64, ttvm_logs::EventRecord) -> Option<ttvm_logs::EventRecord>,
+) {
     let mut reader = ttvm_logs::TraceReader::open(src).unwrap();
     let header = reader.header().clone();
     let meta = ttvm_logs::TraceMeta {
@@ -79,9 +95,9 @@ pub fn tampered_copy(
     )
     .unwrap();
     for (i, rec) in reader.events().enumerate() {
-        let mut rec = rec.unwrap();
-        edit(i as u64, &mut rec);
-        writer.push(rec).unwrap();
+        if let Some(rec) = rewrite(i as u64, rec.unwrap()) {
+            writer.push(rec).unwrap();
+        }
     }
     let close = header.close.unwrap();
     writer
@@ -92,4 +108,53 @@ pub fn tampered_copy(
             counters: close.counters,
         })
         .unwrap();
+}
+
+/// Address space allowed to [`run_bounded`]'s ttvm: enough for replaying a 64 MiB guest,
+/// far below what an unbounded read reaches.
+pub const BOUNDED_AS_BYTES: u64 = 1 << 30;
+/// How long [`run_bounded`] lets ttvm run.
+pub const BOUNDED_SECONDS: u64 = 60;
+
+/// Runs `ttvm ARGS` (with `$TTVM_TRACE_DIR` = `root` if given, no standard input) under an
+/// address-space limit of [`BOUNDED_AS_BYTES`]; kills it and fails the test if it is still
+/// running after [`BOUNDED_SECONDS`]. For inputs that once blocked forever or were read
+/// without bound.
+pub fn run_bounded(root: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = ttvm();
+    if let Some(root) = root {
+        cmd.env("TTVM_TRACE_DIR", root);
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the child between fork and exec; it only calls
+    // setrlimit(2), which is async-signal-safe, and touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: BOUNDED_AS_BYTES,
+                rlim_max: BOUNDED_AS_BYTES,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn ttvm");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(BOUNDED_SECONDS)) {
+        Ok(output) => output.expect("wait for ttvm"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, not reaped yet (its waiter still waits).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("ttvm {args:?} still running after {BOUNDED_SECONDS} s: blocked?");
+        }
+    }
 }

@@ -5,8 +5,6 @@
 //! precise error, never a partial load. ELF64 images are then copied by linux-loader; ELF32
 //! images (which linux-loader does not read) by `boot::load_segments`.
 
-use std::path::Path;
-
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the note giving the PVH 32-bit entry point.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 const PT_LOAD: u32 = 1;
@@ -45,8 +43,6 @@ pub struct ElfImage {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ImageError {
-    #[error("{path}: cannot read the guest image: {reason}")]
-    Read { path: String, reason: String },
     #[error("the guest image is not an ELF file (it does not start with \\x7fELF)")]
     NotElf,
     #[error(
@@ -82,19 +78,13 @@ pub enum ImageError {
          boot information; PVH images load at 1 MiB or above"
     )]
     BelowImageArea { paddr: u64 },
-    #[error("the PVH entry point {entry:#x} is outside the image's loaded segments")]
+    #[error(
+        "the PVH entry point {entry:#x} is outside the code the image loads (the file \
+         contents of its segments)"
+    )]
     EntryOutside { entry: u32 },
-}
-
-/// Reads the image file; a missing or unreadable file is an `ImageError::Read`.
-pub fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    std::fs::read(path).map_err(|e| ImageError::Read {
-        path: path.display().to_string(),
-        reason: match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_string(),
-            _ => e.to_string(),
-        },
-    })
+    #[error("the guest image's PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) is corrupted: {0}")]
+    BadPvhNote(&'static str),
 }
 
 /// Little-endian field reader over the image bytes; every access is bounds-checked.
@@ -180,9 +170,31 @@ fn program_headers(b: &Bytes, class: ElfClass) -> Result<Vec<ProgramHeader>, Ima
         .collect()
 }
 
-/// Looks for the PVH entry note in a PT_NOTE segment.
-fn find_pvh_note(b: &Bytes, ph: &ProgramHeader) -> Result<Option<u32>, ImageError> {
+/// The entry address of a `Xen`-owned XEN_ELFNOTE_PHYS32_ENTRY note: its owner is
+/// exactly "Xen" and its descriptor a 32-bit address (some images store it in a 64-bit
+/// word, whose high half must then be zero). Anything else is a damaged note, never
+/// guessed at.
+fn pvh_entry_of(name: &[u8], desc: &[u8]) -> Result<u32, ImageError> {
+    if name != b"Xen\0" {
+        return Err(ImageError::BadPvhNote("its owner name is not \"Xen\""));
+    }
+    let word = |at: usize| u32::from_le_bytes([desc[at], desc[at + 1], desc[at + 2], desc[at + 3]]);
+    match desc.len() {
+        4 => Ok(word(0)),
+        8 if word(4) == 0 => Ok(word(0)),
+        8 => Err(ImageError::BadPvhNote(
+            "its entry address does not fit in 32 bits",
+        )),
+        _ => Err(ImageError::BadPvhNote(
+            "its descriptor is neither 4 nor 8 bytes",
+        )),
+    }
+}
+
+/// The PVH entry addresses of the notes in a PT_NOTE segment (normally one).
+fn pvh_entries_of(b: &Bytes, ph: &ProgramHeader) -> Result<Vec<u32>, ImageError> {
     let notes = b.slice(ph.offset, ph.file_size)?;
+    let mut entries = Vec::new();
     let mut at = 0usize;
     while at + 12 <= notes.len() {
         let word =
@@ -199,13 +211,12 @@ fn find_pvh_note(b: &Bytes, ph: &ProgramHeader) -> Result<Option<u32>, ImageErro
             return Err(ImageError::Malformed("an ELF note runs past its segment"));
         }
         let name = &notes[name_at..name_at + namesz];
-        if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.starts_with(b"Xen") && descsz >= 4 {
-            // The descriptor is a 32-bit address (some images store it in a 64-bit word).
-            return Ok(Some(word(desc_at)));
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.starts_with(b"Xen") {
+            entries.push(pvh_entry_of(name, &notes[desc_at..desc_at + descsz])?);
         }
         at = next;
     }
-    Ok(None)
+    Ok(entries)
 }
 
 /// Parses and validates `image` for a guest with `mem_bytes` of RAM.
@@ -232,17 +243,18 @@ pub fn parse(image: &[u8], mem_bytes: u64) -> Result<ElfImage, ImageError> {
         (_, m) => return Err(ImageError::WrongMachine(m)),
     }
     let headers = program_headers(&b, class)?;
-    let mut pvh_entry = None;
+    let mut pvh_entries = Vec::new();
     let mut segments = Vec::new();
     for ph in &headers {
         match ph.p_type {
-            PT_NOTE if pvh_entry.is_none() => pvh_entry = find_pvh_note(&b, ph)?,
+            PT_NOTE => pvh_entries.extend(pvh_entries_of(&b, ph)?),
+            PT_LOAD if ph.file_size > ph.mem_size => {
+                // Also with p_memsz 0: the loader would drop the file's bytes silently.
+                return Err(ImageError::Malformed(
+                    "a segment's file size exceeds its memory size",
+                ));
+            }
             PT_LOAD if ph.mem_size > 0 => {
-                if ph.file_size > ph.mem_size {
-                    return Err(ImageError::Malformed(
-                        "a segment's file size exceeds its memory size",
-                    ));
-                }
                 b.slice(ph.offset, ph.file_size)?;
                 segments.push(Segment {
                     paddr: ph.paddr,
@@ -254,7 +266,12 @@ pub fn parse(image: &[u8], mem_bytes: u64) -> Result<ElfImage, ImageError> {
             _ => {}
         }
     }
-    let pvh_entry = pvh_entry.ok_or(ImageError::NoPvhNote)?;
+    let pvh_entry = *pvh_entries.first().ok_or(ImageError::NoPvhNote)?;
+    if pvh_entries.iter().any(|&e| e != pvh_entry) {
+        return Err(ImageError::BadPvhNote(
+            "the image has several entry notes that disagree",
+        ));
+    }
     if segments.is_empty() {
         return Err(ImageError::NoSegments);
     }
@@ -277,9 +294,10 @@ pub fn parse(image: &[u8], mem_bytes: u64) -> Result<ElfImage, ImageError> {
         });
     }
     let entry = u64::from(pvh_entry);
+    // The entry must be code from the file, not the zeros that fill a segment's tail.
     if !segments
         .iter()
-        .any(|s| entry >= s.paddr && entry < s.paddr + s.mem_size)
+        .any(|s| entry >= s.paddr && entry < s.paddr + s.file_size)
     {
         return Err(ImageError::EntryOutside { entry: pvh_entry });
     }
@@ -409,6 +427,53 @@ pub(crate) mod tests {
             parse(&tiny_elf(ElfClass::Elf64, true, 100 << 20), 64 << 20),
             Err(ImageError::TooLarge { .. })
         ));
+    }
+
+    /// Byte offsets in `tiny_elf(Elf64, true, _)`: the load segment's p_memsz, and the
+    /// note's namesz and descriptor.
+    const LOAD_MEMSZ: usize = 64 + 56 + 40;
+    const NOTE_NAMESZ: usize = 64 + 2 * 56;
+    const NOTE_DESC: usize = NOTE_NAMESZ + 16;
+
+    #[test]
+    fn file_size_above_memory_size_is_refused_even_with_no_memory() {
+        let mut img = tiny_elf(ElfClass::Elf64, true, 16);
+        img[LOAD_MEMSZ..LOAD_MEMSZ + 8].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(
+            parse(&img, 64 << 20),
+            Err(ImageError::Malformed(
+                "a segment's file size exceeds its memory size"
+            ))
+        );
+    }
+
+    #[test]
+    fn corrupted_pvh_notes_are_refused() {
+        let good = tiny_elf(ElfClass::Elf64, true, 64);
+        // Owner "Xen" without its NUL (namesz 3).
+        let mut img = good.clone();
+        img[NOTE_NAMESZ] = 3;
+        assert_eq!(
+            parse(&img, 64 << 20),
+            Err(ImageError::BadPvhNote("its owner name is not \"Xen\""))
+        );
+        // A 3-byte descriptor (padded to 4, so it still fits its segment).
+        let mut img = good.clone();
+        img[NOTE_NAMESZ + 4] = 3;
+        assert_eq!(
+            parse(&img, 64 << 20),
+            Err(ImageError::BadPvhNote(
+                "its descriptor is neither 4 nor 8 bytes"
+            ))
+        );
+        // An entry in the segment's zero-filled tail (memsz 64, file 16 bytes).
+        let mut img = good.clone();
+        img[NOTE_DESC..NOTE_DESC + 4].copy_from_slice(&0x10_0020u32.to_le_bytes());
+        assert_eq!(
+            parse(&img, 64 << 20),
+            Err(ImageError::EntryOutside { entry: 0x10_0020 })
+        );
+        assert!(parse(&good, 64 << 20).is_ok());
     }
 
     #[test]

@@ -100,9 +100,18 @@ pub fn write_trace(
         w.push(e.clone()).expect("push");
     }
     if finish {
-        let last = events.last().map_or(0, |e| e.position);
-        w.finish(close_info(last.saturating_add(10)))
-            .expect("finish");
+        let close = match events.last() {
+            // The close record must agree with an End pushed last.
+            Some(EventRecord {
+                position,
+                event: Event::End { reason },
+            }) => CloseInfo {
+                end_reason: reason.clone(),
+                ..close_info(*position)
+            },
+            last => close_info(last.map_or(0, |e| e.position).saturating_add(10)),
+        };
+        w.finish(close).expect("finish");
     } else {
         w.flush().expect("flush");
         std::mem::forget(w);
@@ -125,4 +134,30 @@ pub fn read_all(dir: &Path) -> Result<(Vec<EventRecord>, Option<ReadError>), Rea
         }
     }
     Ok((out, err))
+}
+
+/// A finished trace of `events` sample events and two checkpoints (positions 100 and
+/// 900), written into `dir`.
+pub fn trace_with_checkpoints(dir: &Path, events: u64) -> PathBuf {
+    let mut w = TraceWriter::create_with(
+        &TraceLocation::Exact(dir.to_path_buf()),
+        &meta(),
+        IMAGE,
+        small_chunks(256),
+    )
+    .unwrap();
+    for e in sample_events(events) {
+        w.push(e).unwrap();
+    }
+    w.add_checkpoint(100, b"checkpoint one").unwrap();
+    w.add_checkpoint(900, &[7u8; 5000]).unwrap();
+    w.finish(close_info(events * 40)).unwrap();
+    dir.to_path_buf()
+}
+
+/// Creates a FIFO (named pipe) at `path`.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
