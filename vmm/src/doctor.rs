@@ -131,7 +131,7 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
             Ok(Err(why)) => checks.push(check(
                 "single-step at CPL3",
                 Status::Warn,
-                format!("broken: {why}; guests that run user-mode code cannot be recorded exactly on this KVM (ttvm's test guests run at CPL0)"),
+                format!("broken: {why}; the single-step clock stops with an error when a guest enters user mode (a Linux kernel records up to its first user process; ttvm's test guests run at CPL0)"),
             )),
             Err(e) => checks.push(check("single-step at CPL3", Status::Warn, e.to_string())),
         }

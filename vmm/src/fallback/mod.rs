@@ -245,7 +245,7 @@ pub fn execute(
             let wide = instr.code() == Code::Cmpxchg16b_m128;
             let half = if wide { 8 } else { 4 };
             let addr = effective_address(&instr, cpu.regs, cpu.sregs);
-            if wide && addr % 16 != 0 {
+            if wide && !addr.is_multiple_of(16) {
                 return fault(cpu, mem, VECTOR_GP, Some(0));
             }
             let mut buf = [0u8; 16];

@@ -45,11 +45,13 @@ const DATA_SEG: u64 = 0x00cf_9300_0000_ffff;
 const CODE32_SEG: u64 = 0x00cf_9b00_0000_ffff;
 
 fn long_mode_cpu() -> (kvm_regs, kvm_sregs) {
-    let mut sregs = kvm_sregs::default();
-    sregs.cr0 = 0x8000_0011;
-    sregs.efer = 0x500;
-    sregs.cs = descriptor_to_segment_for_test(0x8, CODE_SEG);
-    sregs.ss = descriptor_to_segment_for_test(0x10, DATA_SEG);
+    let mut sregs = kvm_sregs {
+        cr0: 0x8000_0011,
+        efer: 0x500,
+        cs: descriptor_to_segment_for_test(0x8, CODE_SEG),
+        ss: descriptor_to_segment_for_test(0x10, DATA_SEG),
+        ..Default::default()
+    };
     sregs.gdt.base = 0x1000;
     sregs.gdt.limit = 0x1f;
     sregs.idt.base = 0x2000;
@@ -317,10 +319,12 @@ const RFLAGS_IF_TEST: u64 = 1 << 9;
 #[test]
 fn int_and_iret_round_trip_in_32_bit_protected_mode() {
     let mut mem = memory_with_tables(false);
-    let mut sregs = kvm_sregs::default();
-    sregs.cr0 = 0x11;
-    sregs.cs = descriptor_to_segment_for_test(0x8, CODE32_SEG);
-    sregs.ss = descriptor_to_segment_for_test(0x10, DATA_SEG);
+    let mut sregs = kvm_sregs {
+        cr0: 0x11,
+        cs: descriptor_to_segment_for_test(0x8, CODE32_SEG),
+        ss: descriptor_to_segment_for_test(0x10, DATA_SEG),
+        ..Default::default()
+    };
     sregs.gdt.base = 0x1000;
     sregs.gdt.limit = 0x1f;
     sregs.idt.base = 0x2000;

@@ -1,0 +1,292 @@
+//! A real, unpatched Linux kernel (6.1 tinyconfig + KUnit, built by guests/linux/build.sh
+//! and cached per machine) under `ttvm run`, `ttvm run --clock singlestep`, `ttvm record`
+//! and `ttvm replay`. Each test takes seconds (free runs) to a few minutes (~15 M single
+//! steps); they run in parallel with each other.
+//!
+//! The first run on a machine builds the kernel (apt-get installs linux-source-6.1 and the
+//! build tools; ~5 minutes on 2 cores). `TTVM_SKIP_LINUX=1` skips these tests with a
+//! visible line (for quick local runs; CI never sets it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+
+/// The KUnit suites built into the test kernel (guests/linux/config.fragment), in the
+/// order they run.
+const SUITES: &[&str] = &[
+    "example",
+    "bitfields",
+    "list-kunit-test",
+    "hlist",
+    "cmdline",
+];
+
+fn skipped(test: &str) -> bool {
+    if std::env::var_os("TTVM_SKIP_LINUX").is_some() {
+        eprintln!("SKIPPED {test}: TTVM_SKIP_LINUX is set");
+        return true;
+    }
+    false
+}
+
+fn script(name: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guests/linux")
+        .join(name);
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed ({:?}):\n{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The test kernel (built once per machine, then cached).
+fn vmlinux() -> &'static Path {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| PathBuf::from(script("build.sh", &[])))
+}
+
+fn cmdline(workload: &str) -> String {
+    script("build.sh", &["--cmdline", workload])
+}
+
+fn initramfs() -> PathBuf {
+    PathBuf::from(script("initramfs.sh", &[]))
+}
+
+/// Asserts that the serial output shows every KUnit suite passing, and nothing failing.
+fn assert_kunit_passed(serial: &str) {
+    for (i, suite) in SUITES.iter().enumerate() {
+        let line = format!("\nok {} {suite}\n", i + 1);
+        assert!(serial.contains(&line), "no `{}` in:\n{serial}", line.trim());
+    }
+    assert!(!serial.contains("not ok"), "a KUnit test failed:\n{serial}");
+    assert!(
+        serial.contains("reboot: Restarting system"),
+        "no reboot after the suites:\n{serial}"
+    );
+}
+
+/// `ttvm ARGS... vmlinux` with the guest's serial output in `serial`; returns (status,
+/// serial text, stderr).
+fn ttvm_on_kernel(args: &[&str], serial: &Path) -> (Option<i32>, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--serial-out", serial.to_str().unwrap()]);
+    all.push(vmlinux().to_str().unwrap());
+    let o = run(&all);
+    let text = std::fs::read_to_string(serial).unwrap_or_default();
+    (o.status.code(), text, stderr(&o))
+}
+
+#[test]
+fn kunit_boot_runs_free_and_every_suite_passes() {
+    if skipped("kunit_boot_runs_free_and_every_suite_passes") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let serial = tmp.path().join("serial");
+    let line = cmdline("kunit");
+    let (status, text, err) = ttvm_on_kernel(&["run", "--cmdline", &line], &serial);
+    assert_eq!(status, Some(123), "expected the i8042 reset: {err}\n{text}");
+    assert!(err.contains("guest reset the machine"), "{err}");
+    assert_kunit_passed(&text);
+    // No APIC option on the command line: Linux found no local APIC and kept the PICs.
+    assert!(!line.contains("apic"), "{line}");
+    assert!(text.contains("APIC: Keep in PIC mode(8259)"), "{text}");
+}
+
+#[test]
+fn initramfs_reaches_user_space_in_a_free_run() {
+    if skipped("initramfs_reaches_user_space_in_a_free_run") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let serial = tmp.path().join("serial");
+    let initrd = initramfs();
+    let line = cmdline("initrd");
+    let (status, text, err) = ttvm_on_kernel(
+        &[
+            "run",
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            &line,
+        ],
+        &serial,
+    );
+    assert_eq!(status, Some(123), "{err}\n{text}");
+    assert!(
+        text.contains("ttvm-init: hello from user space (pid 1)"),
+        "{text}"
+    );
+    assert!(text.contains("ttvm-init: uname Linux 6.1."), "{text}");
+}
+
+/// `replay --verify --json` of `trace`: (serial bytes, the JSON summary).
+fn verify(trace: &Path, serial: &Path) -> (Vec<u8>, serde_json::Value) {
+    let o = run(&[
+        "replay",
+        "--verify",
+        "--json",
+        "--no-progress",
+        "--serial-out",
+        serial.to_str().unwrap(),
+        trace.to_str().unwrap(),
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    (std::fs::read(serial).unwrap(), json)
+}
+
+fn goto(trace: &Path, position: u64) -> serde_json::Value {
+    let o = run(&[
+        "replay",
+        "--goto",
+        &position.to_string(),
+        "--json",
+        trace.to_str().unwrap(),
+    ]);
+    let mut json: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    // Timing and how it got there differ between seeks; where it is must not.
+    for volatile in ["seconds", "restores", "steps_replayed"] {
+        json.as_object_mut().unwrap().remove(volatile);
+    }
+    json
+}
+
+#[test]
+fn kunit_boot_records_and_replays_exactly() {
+    if skipped("kunit_boot_records_and_replays_exactly") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace");
+    let line = cmdline("kunit");
+    let (status, recorded, err) = ttvm_on_kernel(
+        &[
+            "record",
+            "--no-progress",
+            "-o",
+            trace.to_str().unwrap(),
+            "--cmdline",
+            &line,
+        ],
+        &tmp.path().join("recorded"),
+    );
+    assert_eq!(status, Some(123), "{err}");
+    assert_kunit_passed(&recorded);
+    let header = ttvm_logs::TraceReader::open(&trace)
+        .unwrap()
+        .header()
+        .clone();
+    let close = header.close.expect("a closed trace");
+    assert!(
+        header.clock.params.contains_key("step_merges"),
+        "{:?}",
+        header.clock.params
+    );
+
+    // Two replays: the same serial bytes as the recording, the same end and digest.
+    let mut digests = Vec::new();
+    for i in 0..2 {
+        let (serial, json) = verify(&trace, &tmp.path().join(format!("replay{i}")));
+        assert_eq!(json["result"], "reproduced", "{json}");
+        assert_eq!(json["position"], close.final_position, "{json}");
+        assert_eq!(String::from_utf8_lossy(&serial), recorded, "replay {i}");
+        digests.push(json["final_digest"].clone());
+    }
+    assert_eq!(digests[0], digests[1]);
+
+    // Seeking twice to just before and just after a timer interrupt lands on the same
+    // registers each time.
+    let mut reader = ttvm_logs::TraceReader::open(&trace).unwrap();
+    let interrupts: Vec<u64> = reader
+        .events()
+        .filter_map(Result::ok)
+        .filter(|r| matches!(r.event, ttvm_logs::Event::Interrupt { vector: 0x30 }))
+        .map(|r| r.position)
+        .collect();
+    assert!(
+        interrupts.len() > 100,
+        "{} timer interrupts",
+        interrupts.len()
+    );
+    let at = interrupts[interrupts.len() / 2];
+    for position in [at, at + 1] {
+        let first = goto(&trace, position);
+        assert_eq!(first["position"], position, "{first}");
+        assert_eq!(goto(&trace, position), first, "seek to {position}");
+    }
+}
+
+/// Where this KVM cannot single-step user mode (`ttvm doctor` says so), recording the
+/// initramfs boot stops with a clear error when /init starts, and the trace up to there
+/// replays; where it can, the whole boot records and replays.
+#[test]
+fn recording_user_space_stops_clearly_or_replays() {
+    if skipped("recording_user_space_stops_clearly_or_replays") {
+        return;
+    }
+    let doctor = stdout(&run(&["doctor"]));
+    let cpl3_broken = doctor
+        .lines()
+        .any(|l| l.contains("single-step at CPL3") && l.contains("broken"));
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace");
+    let initrd = initramfs();
+    let line = cmdline("initrd");
+    let (status, text, err) = ttvm_on_kernel(
+        &[
+            "record",
+            "--no-progress",
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "-o",
+            trace.to_str().unwrap(),
+            "--cmdline",
+            &line,
+        ],
+        &tmp.path().join("recorded"),
+    );
+    let header = ttvm_logs::TraceReader::open(&trace)
+        .unwrap()
+        .header()
+        .clone();
+    let embedded = header.initrd.expect("the initrd is embedded in the trace");
+    assert_eq!(embedded.size, std::fs::metadata(&initrd).unwrap().len());
+    if cpl3_broken {
+        assert_eq!(status, Some(120), "{err}\n{text}");
+        assert!(err.contains("the guest entered user mode (CPL 3)"), "{err}");
+        assert!(text.contains("Run /init as init process"), "{text}");
+        assert!(!text.contains("ttvm-init: hello"), "{text}");
+        // What was recorded replays up to where the recording stopped.
+        let o = run(&[
+            "replay",
+            "--quiet",
+            "--no-progress",
+            trace.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
+    } else {
+        assert_eq!(status, Some(123), "{err}\n{text}");
+        assert!(
+            text.contains("ttvm-init: hello from user space (pid 1)"),
+            "{text}"
+        );
+        let (serial, json) = verify(&trace, &tmp.path().join("replay"));
+        assert_eq!(json["result"], "reproduced", "{json}");
+        assert_eq!(String::from_utf8_lossy(&serial), text);
+    }
+}
