@@ -67,6 +67,8 @@ fn initramfs() -> PathBuf {
 
 /// Asserts that the serial output shows every KUnit suite passing, and nothing failing.
 fn assert_kunit_passed(serial: &str) {
+    // The kernel's serial console ends lines with CR LF.
+    let serial = &serial.replace('\r', "");
     for (i, suite) in SUITES.iter().enumerate() {
         let line = format!("\nok {} {suite}\n", i + 1);
         assert!(serial.contains(&line), "no `{}` in:\n{serial}", line.trim());
@@ -106,6 +108,18 @@ fn kunit_boot_runs_free_and_every_suite_passes() {
     assert!(text.contains("APIC: Keep in PIC mode(8259)"), "{text}");
 }
 
+/// `ttvm doctor`'s line for `check` says "broken".
+fn doctor_says_broken(check: &str) -> bool {
+    static DOCTOR: OnceLock<String> = OnceLock::new();
+    DOCTOR
+        .get_or_init(|| stdout(&run(&["doctor"])))
+        .lines()
+        .any(|l| l.contains(check) && l.contains("broken"))
+}
+
+/// The initramfs boot reaches /init. Where user-mode SYSCALL works (`ttvm doctor`), /init
+/// prints and reboots; on a KVM where it does not (kvm_pvm expects guests written for it),
+/// the first system call faults at the kernel's SYSCALL entry, which is what must be seen.
 #[test]
 fn initramfs_reaches_user_space_in_a_free_run() {
     if skipped("initramfs_reaches_user_space_in_a_free_run") {
@@ -126,11 +140,19 @@ fn initramfs_reaches_user_space_in_a_free_run() {
         &serial,
     );
     assert_eq!(status, Some(123), "{err}\n{text}");
-    assert!(
-        text.contains("ttvm-init: hello from user space (pid 1)"),
-        "{text}"
-    );
-    assert!(text.contains("ttvm-init: uname Linux 6.1."), "{text}");
+    assert!(text.contains("Run /init as init process"), "{text}");
+    if doctor_says_broken("user-mode SYSCALL") {
+        eprintln!("NOTE: this KVM cannot deliver a stock kernel's user-mode SYSCALL (ttvm doctor)");
+        assert!(text.contains("init[1]: segfault at ffffffff81"), "{text}");
+        assert!(text.contains("Attempted to kill init"), "{text}");
+    } else {
+        assert!(
+            text.contains("ttvm-init: hello from user space (pid 1)"),
+            "{text}"
+        );
+        assert!(text.contains("ttvm-init: uname Linux"), "{text}");
+        assert!(text.contains("ttvm-init: release 6.1."), "{text}");
+    }
 }
 
 /// `replay --verify --json` of `trace`: (serial bytes, the JSON summary).
@@ -232,17 +254,14 @@ fn kunit_boot_records_and_replays_exactly() {
 }
 
 /// Where this KVM cannot single-step user mode (`ttvm doctor` says so), recording the
-/// initramfs boot stops with a clear error when /init starts, and the trace up to there
-/// replays; where it can, the whole boot records and replays.
+/// initramfs boot stops with a clear error when /init starts, and the trace replays to the
+/// same stop with the same error; where it can, the whole boot records and replays.
 #[test]
 fn recording_user_space_stops_clearly_or_replays() {
     if skipped("recording_user_space_stops_clearly_or_replays") {
         return;
     }
-    let doctor = stdout(&run(&["doctor"]));
-    let cpl3_broken = doctor
-        .lines()
-        .any(|l| l.contains("single-step at CPL3") && l.contains("broken"));
+    let cpl3_broken = doctor_says_broken("single-step at CPL3");
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("trace");
     let initrd = initramfs();
@@ -271,14 +290,27 @@ fn recording_user_space_stops_clearly_or_replays() {
         assert!(err.contains("the guest entered user mode (CPL 3)"), "{err}");
         assert!(text.contains("Run /init as init process"), "{text}");
         assert!(!text.contains("ttvm-init: hello"), "{text}");
-        // What was recorded replays up to where the recording stopped.
+        // The replay reproduces the same output up to the same stop, with the same error.
+        let replayed = tmp.path().join("replayed");
         let o = run(&[
             "replay",
-            "--quiet",
             "--no-progress",
+            "--serial-out",
+            replayed.to_str().unwrap(),
             trace.to_str().unwrap(),
         ]);
-        assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
+        assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));
+        let rip = err
+            .split(" at RIP ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .expect("the RIP in the error");
+        assert!(
+            stderr(&o).contains(&format!("entered user mode (CPL 3) at RIP {rip}")),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::read_to_string(&replayed).unwrap(), text);
     } else {
         assert_eq!(status, Some(123), "{err}\n{text}");
         assert!(

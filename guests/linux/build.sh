@@ -85,8 +85,10 @@ key=$(
   {
     echo "$package $version"
     echo "recipe $RECIPE"
-    cat "$here/config.fragment"
-    for f in "${extra_tests[@]}" "${extra_configs[@]}"; do echo "== $(basename "$f")"; cat "$f"; done
+    # The options only (comments change nothing that is built).
+    grep -E '^(CONFIG_|# CONFIG_.* is not set)' "$here/config.fragment"
+    for f in "${extra_tests[@]}"; do echo "== $(basename "$f")"; cat "$f"; done
+    for f in "${extra_configs[@]}"; do echo "== $(basename "$f")"; grep -E '^(CONFIG_|# CONFIG_.* is not set)' "$f"; done
     gcc --version | head -1
   } | sha256sum | cut -c1-16
 )

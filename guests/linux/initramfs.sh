@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds ttvm's test initramfs: a newc cpio archive holding one static /init (init.c beside
+# Builds ttvm's test initramfs: a newc cpio archive holding one freestanding /init (init.c beside
 # this script, built with the machine's gcc), cached like the kernel (keyed by the inputs).
 #
 #   guests/linux/initramfs.sh      prints the path of the .cpio on stdout
@@ -16,7 +16,8 @@ if [ ! -f "$out" ]; then
   mkdir -p "$cache"
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
-  gcc -static -Os -s -o "$stage/init" "$here/init.c"
+  gcc -static -nostdlib -ffreestanding -fno-pic -no-pie -fno-stack-protector -Os -s \
+    -Wall -Werror -o "$stage/init" "$here/init.c"
   (cd "$stage" && echo init | cpio -o -H newc --quiet --owner 0:0 > "$out.tmp")
   mv "$out.tmp" "$out"
 fi

@@ -135,6 +135,15 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
             )),
             Err(e) => checks.push(check("single-step at CPL3", Status::Warn, e.to_string())),
         }
+        match crate::syscall_probe::probe(kvm) {
+            Ok(Ok(())) => checks.push(check("user-mode SYSCALL", Status::Ok, "enters the guest kernel at CPL0")),
+            Ok(Err(why)) => checks.push(check(
+                "user-mode SYSCALL",
+                Status::Warn,
+                format!("broken: {why}; a stock kernel's user processes cannot make system calls on this KVM (it expects guests written for it), so Linux user space does not work here even free-running; kernel-mode workloads do"),
+            )),
+            Err(e) => checks.push(check("user-mode SYSCALL", Status::Warn, e.to_string())),
+        }
         checks.push(tsc_check(kvm));
     }
     let pmu = pmu_probe::probe();

@@ -29,6 +29,7 @@ pub mod run_loop;
 pub mod snapshot;
 pub mod step_probe;
 pub mod stepping;
+pub mod syscall_probe;
 mod unemulated;
 pub mod vcpu;
 pub mod vcpu_state;

@@ -68,8 +68,13 @@ pub struct ScratchVm {
 
 impl ScratchVm {
     pub fn new(kvm: &Kvm, program: &[u8]) -> Result<Self, ProbeError> {
+        Self::with_ram(kvm, program, PROBE_RAM)
+    }
+
+    /// Like `new`, with `ram` bytes of RAM from address 0.
+    pub fn with_ram(kvm: &Kvm, program: &[u8], ram: usize) -> Result<Self, ProbeError> {
         let vm = kvm.create_vm().map_err(ProbeError::Create)?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), PROBE_RAM)])
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram)])
             .map_err(|e| ProbeError::Memory(e.to_string()))?;
         mem.write_slice(program, GuestAddress(CODE))
             .map_err(|e| ProbeError::Memory(e.to_string()))?;
