@@ -759,13 +759,13 @@ impl Machine {
                 set_edx_eax(regs, tsc);
                 regs.rcx = 0; // IA32_TSC_AUX: CPU 0
             }
-            Emulated::Rdrand { dest, bits } => {
+            Emulated::Rdrand { dest, .. } => {
                 let (value, ok) = ask(HostValueKind::Rdrand)?;
-                set_random(regs, dest, bits, value, ok);
+                set_random(regs, dest, value, ok);
             }
-            Emulated::Rdseed { dest, bits } => {
+            Emulated::Rdseed { dest, .. } => {
                 let (value, ok) = ask(HostValueKind::Rdseed)?;
-                set_random(regs, dest, bits, value, ok);
+                set_random(regs, dest, value, ok);
             }
             Emulated::Hlt => st.halted = true,
             Emulated::Sti => regs.rflags |= RFLAGS_IF,
@@ -856,31 +856,9 @@ fn set_edx_eax(regs: &mut kvm_regs, value: u64) {
     regs.rdx = value >> 32;
 }
 
-fn set_random(regs: &mut kvm_regs, dest: Register, bits: u32, value: u64, ok: bool) {
-    let value = if ok { value } else { 0 };
-    let slot = match dest.full_register() {
-        Register::RAX => &mut regs.rax,
-        Register::RBX => &mut regs.rbx,
-        Register::RCX => &mut regs.rcx,
-        Register::RDX => &mut regs.rdx,
-        Register::RSI => &mut regs.rsi,
-        Register::RDI => &mut regs.rdi,
-        Register::RSP => &mut regs.rsp,
-        Register::RBP => &mut regs.rbp,
-        Register::R8 => &mut regs.r8,
-        Register::R9 => &mut regs.r9,
-        Register::R10 => &mut regs.r10,
-        Register::R11 => &mut regs.r11,
-        Register::R12 => &mut regs.r12,
-        Register::R13 => &mut regs.r13,
-        Register::R14 => &mut regs.r14,
-        _ => &mut regs.r15,
-    };
-    *slot = match bits {
-        64 => value,
-        32 => value & 0xffff_ffff,
-        _ => (*slot & !0xffff) | (value & 0xffff),
-    };
+fn set_random(regs: &mut kvm_regs, dest: Register, value: u64, ok: bool) {
+    // `dest` is the sized register: 32-bit writes zero-extend, 16-bit ones keep the rest.
+    crate::fallback::write_gpr(regs, dest, if ok { value } else { 0 });
     regs.rflags &= !RFLAGS_ARITH;
     if ok {
         regs.rflags |= RFLAGS_CF;

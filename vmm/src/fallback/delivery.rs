@@ -5,17 +5,13 @@
 use iced_x86::Instruction;
 use kvm_bindings::kvm_segment;
 
-use super::{Cpu, FallbackError, LinearMemory};
+use super::{
+    Cpu, FallbackError, LinearMemory, RFLAGS_FIXED, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_NT, RFLAGS_RF,
+    RFLAGS_TF, RFLAGS_VM,
+};
 
-const RFLAGS_TF: u64 = 1 << 8;
-const RFLAGS_IF: u64 = 1 << 9;
-const RFLAGS_IOPL: u64 = 3 << 12;
-const RFLAGS_NT: u64 = 1 << 14;
-const RFLAGS_RF: u64 = 1 << 16;
-const RFLAGS_VM: u64 = 1 << 17;
 /// The flags IRET loads (CF PF AF ZF SF TF IF DF OF IOPL NT RF AC VIF VIP ID).
 const RFLAGS_IRET: u64 = 0x3f_7fd5;
-const RFLAGS_FIXED: u64 = 1 << 1;
 
 const GATE_INTERRUPT: u8 = 0xe;
 const GATE_TRAP: u8 = 0xf;

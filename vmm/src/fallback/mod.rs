@@ -22,7 +22,8 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 pub use delivery::deliver;
-use operand::{effective_address, read_gpr, write_gpr};
+pub use operand::write_gpr;
+use operand::{effective_address, read_gpr};
 
 /// Guest memory by linear address (the guest's page tables applied).
 pub trait LinearMemory {
@@ -71,6 +72,13 @@ const RFLAGS_ZF: u64 = 1 << 6;
 const RFLAGS_SF: u64 = 1 << 7;
 const RFLAGS_OF: u64 = 1 << 11;
 const RFLAGS_AC: u64 = 1 << 18;
+const RFLAGS_FIXED: u64 = 1 << 1;
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_IOPL: u64 = 3 << 12;
+const RFLAGS_NT: u64 = 1 << 14;
+const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_VM: u64 = 1 << 17;
 const CR0_MP: u64 = 1 << 1;
 const CR0_TS: u64 = 1 << 3;
 /// x87 status word: an unmasked exception is pending.
