@@ -62,6 +62,44 @@ pub fn merge_candidate(bytes: &[u8], bitness: u32) -> Option<(&'static str, u8, 
     }
 }
 
+/// An instruction that may return from the kernel to user mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelReturn {
+    /// SYSRET or SYSEXIT: always to CPL 3.
+    Always,
+    /// IRET with `size`-byte stack slots: to the privilege level of the CS it pops (the
+    /// slot after the return address).
+    Iret { size: u8 },
+}
+
+/// Whether `bytes` start with IRET, SYSRET or SYSEXIT (after prefixes).
+pub fn kernel_return(bytes: &[u8], bitness: u32) -> Option<KernelReturn> {
+    let mut i = 0;
+    let mut wide = false;
+    let mut operand16 = false;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x66 => operand16 = true,
+            0x67 | 0xf2 | 0xf3 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 => {}
+            0x40..=0x4f if bitness == 64 => wide = b & 8 != 0,
+            _ => break,
+        }
+        i += 1;
+    }
+    match (bytes.get(i), bytes.get(i + 1)) {
+        (Some(0xcf), _) => Some(KernelReturn::Iret {
+            size: match (wide, operand16, bitness) {
+                (true, _, _) => 8,
+                (false, true, _) => 2,
+                (false, false, 16) => 2,
+                _ => 4,
+            },
+        }),
+        (Some(0x0f), Some(0x07 | 0x35)) => Some(KernelReturn::Always),
+        _ => None,
+    }
+}
+
 /// Whether `bytes` start with STI (after legacy prefixes).
 pub fn is_sti(bytes: &[u8]) -> bool {
     let opcode = bytes.iter().find(|&&b| {
@@ -212,6 +250,20 @@ mod tests {
         assert_eq!((nop.len, nop.emulated), (1, None));
         assert!(classify(&[0x0f], 64, 0).is_none());
         assert!(is_sti(&[0xfb, 0xf4]));
+        assert_eq!(
+            kernel_return(&[0x48, 0xcf], 64),
+            Some(KernelReturn::Iret { size: 8 })
+        );
+        assert_eq!(
+            kernel_return(&[0xcf], 32),
+            Some(KernelReturn::Iret { size: 4 })
+        );
+        assert_eq!(
+            kernel_return(&[0x48, 0x0f, 0x07], 64),
+            Some(KernelReturn::Always)
+        );
+        assert_eq!(kernel_return(&[0x0f, 0x35], 32), Some(KernelReturn::Always));
+        assert_eq!(kernel_return(&[0xc3], 64), None);
         assert!(!is_sti(&[0xfa]));
     }
 }

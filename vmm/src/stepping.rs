@@ -473,7 +473,7 @@ impl Machine {
             let next = if injected {
                 None
             } else {
-                self.next_instruction(&mmu, &regs, &sregs)?
+                self.next_instruction(&mmu, &regs, &sregs, pos)?
             };
             if let Some((emulated, len)) = next {
                 self.emulate(driver, &mut st, &mut regs, emulated, len)?;
@@ -680,9 +680,36 @@ impl Machine {
         mmu: &Mmu,
         regs: &kvm_regs,
         sregs: &kvm_bindings::kvm_sregs,
+        pos: Position,
     ) -> Result<Option<(Emulated, u8)>, MachineError> {
         let code = CodeAtRip::fetch(&self.mem, regs, sregs);
         let (bitness, linear, bytes, n) = (code.bitness, code.linear, code.bytes, code.len);
+        // Where user mode cannot be stepped, its code would run unseen inside the step of
+        // the instruction that returns to it (up to the next exception or interrupt): stop
+        // before that instruction.
+        if !self.step_semantics.is_none_or(|s| s.user_mode) {
+            let to_user = match decode::kernel_return(&bytes[..n], bitness) {
+                Some(decode::KernelReturn::Always) => true,
+                Some(decode::KernelReturn::Iret { size }) => {
+                    let mut cs = [0u8; 8];
+                    let stack = if bitness == 64 {
+                        regs.rsp
+                    } else {
+                        sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) & 0xffff_ffff
+                    };
+                    mmu.read_virt(&self.mem, stack + u64::from(size), &mut cs[..size as usize])
+                        == size as usize
+                        && cs[0] & 3 == 3
+                }
+                None => false,
+            };
+            if to_user {
+                return Err(MachineError::UserModeNotSteppable {
+                    rip: regs.rip,
+                    position: pos,
+                });
+            }
+        }
         // Whether the instruction after the one of `len` bytes at RIP must be emulated.
         let follower_emulated = |len: u8| {
             let mut after = [0u8; 15];
