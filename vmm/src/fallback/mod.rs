@@ -118,32 +118,6 @@ pub fn decode(bytes: &[u8], cpu: &Cpu) -> Result<Instruction, FallbackError> {
     Ok(instr)
 }
 
-/// Whether the fallback can execute `instr` (the machine asks before it decides to run an
-/// instruction here instead of failing).
-pub fn supports(instr: &Instruction) -> bool {
-    matches!(
-        instr.mnemonic(),
-        Mnemonic::Int3
-            | Mnemonic::Int
-            | Mnemonic::Int1
-            | Mnemonic::Into
-            | Mnemonic::Iret
-            | Mnemonic::Iretd
-            | Mnemonic::Iretq
-            | Mnemonic::Wait
-            | Mnemonic::Clac
-            | Mnemonic::Stac
-            | Mnemonic::Popcnt
-            | Mnemonic::Lfence
-            | Mnemonic::Mfence
-            | Mnemonic::Sfence
-            | Mnemonic::Pause
-            | Mnemonic::Nop
-            | Mnemonic::Cmpxchg16b
-            | Mnemonic::Cmpxchg8b
-    )
-}
-
 /// Executes the instruction in `bytes` (at RIP) on `cpu` and `mem`, as the CPU would.
 pub fn execute(
     bytes: &[u8],
