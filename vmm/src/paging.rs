@@ -182,13 +182,7 @@ impl CodeAtRip {
         sregs: &kvm_bindings::kvm_sregs,
     ) -> CodeAtRip {
         let mmu = Mmu::from_sregs(sregs);
-        let bitness = if mmu.long_mode() && sregs.cs.l != 0 {
-            64
-        } else if sregs.cs.db != 0 {
-            32
-        } else {
-            16
-        };
+        let bitness = crate::fallback::code_bitness(sregs);
         let linear = if bitness == 64 {
             regs.rip
         } else {
