@@ -9,14 +9,12 @@ use iced_x86::{Code, Decoder, DecoderOptions, Register};
 pub enum Emulated {
     Rdtsc,
     Rdtscp,
-    /// RDRAND into `dest` (a general register), `bits` wide.
+    /// RDRAND into `dest`, a sized general register (EBX is 32 bits wide, BX 16).
     Rdrand {
         dest: Register,
-        bits: u32,
     },
     Rdseed {
         dest: Register,
-        bits: u32,
     },
     /// RDMSR of IA32_TIME_STAMP_COUNTER (the TSC read another way).
     RdmsrTsc,
@@ -154,36 +152,23 @@ pub fn classify(bytes: &[u8], bitness: u32, ecx: u32) -> Option<NextInstruction>
     if instr.is_invalid() {
         return None;
     }
-    let reg_op = |bits| (instr.op0_register(), bits);
     let emulated = match instr.code() {
         Code::Rdtsc => Some(Emulated::Rdtsc),
         Code::Rdtscp => Some(Emulated::Rdtscp),
         Code::Hlt => Some(Emulated::Hlt),
         Code::Rdmsr if ecx == MSR_TSC => Some(Emulated::RdmsrTsc),
-        Code::Rdrand_r16 | Code::Rdrand_r32 | Code::Rdrand_r64 => {
-            let (dest, bits) = reg_op(reg_bits(instr.op0_register()));
-            Some(Emulated::Rdrand { dest, bits })
-        }
-        Code::Rdseed_r16 | Code::Rdseed_r32 | Code::Rdseed_r64 => {
-            let (dest, bits) = reg_op(reg_bits(instr.op0_register()));
-            Some(Emulated::Rdseed { dest, bits })
-        }
+        Code::Rdrand_r16 | Code::Rdrand_r32 | Code::Rdrand_r64 => Some(Emulated::Rdrand {
+            dest: instr.op0_register(),
+        }),
+        Code::Rdseed_r16 | Code::Rdseed_r32 | Code::Rdseed_r64 => Some(Emulated::Rdseed {
+            dest: instr.op0_register(),
+        }),
         _ => None,
     };
     Some(NextInstruction {
         len: instr.len() as u8,
         emulated,
     })
-}
-
-fn reg_bits(r: Register) -> u32 {
-    if r.is_gpr64() {
-        64
-    } else if r.is_gpr32() {
-        32
-    } else {
-        16
-    }
 }
 
 #[cfg(test)]
@@ -230,15 +215,13 @@ mod tests {
         assert_eq!(
             c(&[0x48, 0x0f, 0xc7, 0xf0]).emulated,
             Some(Emulated::Rdrand {
-                dest: Register::RAX,
-                bits: 64
+                dest: Register::RAX
             })
         );
         assert_eq!(
             c(&[0x0f, 0xc7, 0xfb]).emulated,
             Some(Emulated::Rdseed {
-                dest: Register::EBX,
-                bits: 32
+                dest: Register::EBX
             })
         );
         assert_eq!(

@@ -786,11 +786,11 @@ impl Machine {
                 set_edx_eax(regs, tsc);
                 regs.rcx = 0; // IA32_TSC_AUX: CPU 0
             }
-            Emulated::Rdrand { dest, .. } => {
+            Emulated::Rdrand { dest } => {
                 let (value, ok) = ask(HostValueKind::Rdrand)?;
                 set_random(regs, dest, value, ok);
             }
-            Emulated::Rdseed { dest, .. } => {
+            Emulated::Rdseed { dest } => {
                 let (value, ok) = ask(HostValueKind::Rdseed)?;
                 set_random(regs, dest, value, ok);
             }
