@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use common::{record_guest, timeline};
 use ttvm_logs::CheckpointId;
 use ttvm_recorder::checkpoints::CheckpointEvery;
-use ttvm_vmm::digest::RegSnapshot;
-use ttvm_vmm::live::LiveDriver;
-use ttvm_vmm::snapshot::Snapshot;
-use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop, TimeConfig};
+use ttvm_vmm::machine::digest::RegSnapshot;
+use ttvm_vmm::machine::snapshot::Snapshot;
+use ttvm_vmm::run::live::LiveDriver;
+use ttvm_vmm::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, Stop, TimeConfig};
 use ttvm_vmm::{Machine, MachineConfig, RunEnd, SerialPoll, SerialSource};
 use vm_memory::{Bytes, GuestAddress};
 

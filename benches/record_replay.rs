@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use ttvm_logs::{TraceLocation, TraceReader};
 use ttvm_recorder::{record, RecordOptions};
-use ttvm_vmm::live::LiveDriver;
-use ttvm_vmm::stepping::TimeConfig;
+use ttvm_vmm::run::live::LiveDriver;
+use ttvm_vmm::run::singlestep::TimeConfig;
 use ttvm_vmm::{Machine, MachineConfig, SerialSource};
 
 const ROUNDS: usize = 5;

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::process::Output;
-use ttvm_vmm::elf_image::{testing::tiny_elf, ElfClass};
+use ttvm_vmm::machine::elf_image::{testing::tiny_elf, ElfClass};
 
 const VMM_ERROR: i32 = 120;
 const USAGE: i32 = 2;

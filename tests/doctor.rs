@@ -47,7 +47,7 @@ fn doctor_reports_clocks_and_the_pmu_with_reasons() {
             .contains("(3000 branches) reached exactly"),
         "{convergence}"
     );
-    assert_eq!(d["kvm_module"], ttvm_vmm::host_kvm::kvm_module());
+    assert_eq!(d["kvm_module"], ttvm_vmm::host::kvm::kvm_module());
     for name in [
         "kvm device",
         "single-step",

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use common::*;
 use ttvm_logs::{Event, TraceReader};
-use ttvm_vmm::pmu::probe::{probe, PmuProbe};
+use ttvm_vmm::run::pmu::probe::{probe, PmuProbe};
 
 /// Printed past libtest's output capture, so a skipped hardware test is always visible.
 fn announce(text: &str) {

@@ -337,7 +337,7 @@ fn replay_refuses_a_trace_from_another_kvm_up_front() {
     let rec = record(tmp.path(), "hello", "hello", &[]);
     let header = rec.dir.join("header.json");
     let text = std::fs::read_to_string(&header).unwrap();
-    let here = ttvm_vmm::host_kvm::kvm_module();
+    let here = ttvm_vmm::host::kvm::kvm_module();
     let other = if here == "kvm_amd" {
         "kvm_intel"
     } else {

@@ -10,7 +10,7 @@ use ttvm_logs::TraceLocation;
 use ttvm_recorder::checkpoints::CheckpointEvery;
 use ttvm_recorder::{record, RecordOptions, Recording};
 use ttvm_replayer::timeline::{Timeline, TimelineOptions};
-use ttvm_vmm::stepping::TimeConfig;
+use ttvm_vmm::run::singlestep::TimeConfig;
 use ttvm_vmm::{MachineConfig, SerialSource};
 
 /// Records bundled guest `name` with `cmdline` into `trace`.

@@ -29,8 +29,8 @@ use gdbstub::target::ext::target_description_xml_override::{
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineError};
-use ttvm_vmm::elf_image::ElfClass;
-use ttvm_vmm::paging::Mmu;
+use ttvm_vmm::machine::elf_image::ElfClass;
+use ttvm_vmm::machine::paging::Mmu;
 use ttvm_vmm::Machine;
 
 use crate::arch::{target_xml, TtvmRegs, TtvmX86};

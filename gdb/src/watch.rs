@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use gdbstub::target::ext::breakpoints::WatchKind;
 use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use ttvm_vmm::paging::CodeAtRip;
+use ttvm_vmm::machine::paging::CodeAtRip;
 use ttvm_vmm::Machine;
 
 /// One watched range.

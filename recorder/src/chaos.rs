@@ -33,8 +33,8 @@
 use std::collections::BTreeMap;
 
 use ttvm_logs::clock_params::{CHAOS, CHAOS_SEED};
-use ttvm_vmm::digest::RegSnapshot;
-use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop, TimeConfig};
+use ttvm_vmm::machine::digest::RegSnapshot;
+use ttvm_vmm::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, Stop, TimeConfig};
 use ttvm_vmm::{Machine, RunEnd, SerialPoll};
 
 /// Longest delay of one interrupt's delivery, in instructions (steps).

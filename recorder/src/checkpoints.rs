@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use ttvm_logs::{CheckpointId, TraceWriter, WriteError};
-use ttvm_vmm::snapshot::{Snapshot, SnapshotError};
-use ttvm_vmm::stepping::Position;
+use ttvm_vmm::machine::snapshot::{Snapshot, SnapshotError};
+use ttvm_vmm::run::singlestep::Position;
 use ttvm_vmm::Machine;
 
 /// Every this many checkpoints is a full one (bounds the chain a seek must load, and

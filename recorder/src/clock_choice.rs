@@ -2,7 +2,7 @@
 //! decided from what this host can do (the PMU probe and self-test behind `ttvm doctor`),
 //! with the reason said out loud.
 
-use ttvm_vmm::pmu::probe::{BranchEvent, PmuProbe};
+use ttvm_vmm::run::pmu::probe::{BranchEvent, PmuProbe};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,7 +118,7 @@ mod tests {
 
     fn probe(error: Option<&str>) -> PmuProbe {
         PmuProbe {
-            event: ttvm_vmm::pmu::probe::branch_event(),
+            event: ttvm_vmm::run::pmu::probe::branch_event(),
             error: error.map(str::to_string),
             perf_event_paranoid: Some(2),
         }

@@ -8,11 +8,11 @@ use ttvm_logs::clock_params::{
     STEP_REARM, TSC_BASE, WALL_CLOCK,
 };
 use ttvm_logs::{ClockInfo, CpuidEntry as TraceCpuid, EndReason};
-use ttvm_vmm::cpuid::CpuidEntry;
-use ttvm_vmm::pmu::probe::BranchEvent;
-use ttvm_vmm::pmu::run::TickTime;
-use ttvm_vmm::step_probe::StepSemantics;
-use ttvm_vmm::stepping::{BootFacts, TimeConfig};
+use ttvm_vmm::host::step_probe::StepSemantics;
+use ttvm_vmm::machine::cpuid::CpuidEntry;
+use ttvm_vmm::run::pmu::probe::BranchEvent;
+use ttvm_vmm::run::pmu::ticked::TickTime;
+use ttvm_vmm::run::singlestep::{BootFacts, TimeConfig};
 use ttvm_vmm::RunEnd;
 
 pub fn end_reason(end: &RunEnd) -> EndReason {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ttvm_logs::{Event, EventRecord, TraceWriter, WriteError};
-use ttvm_vmm::digest::RegSnapshot;
-use ttvm_vmm::live::LiveDriver;
-use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop};
+use ttvm_vmm::machine::digest::RegSnapshot;
+use ttvm_vmm::run::live::LiveDriver;
+use ttvm_vmm::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, Stop};
 use ttvm_vmm::{Machine, RunEnd, SerialPoll};
 
 use crate::checkpoints::{CheckpointError, CheckpointEvery, Checkpointer};

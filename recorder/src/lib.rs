@@ -18,10 +18,11 @@ use ttvm_logs::{
     ClockInfo, CloseInfo, EndReason, Event, EventRecord, HostInfo, LocationError,
     MachineConfig as TraceMachine, TraceLocation, TraceMeta, TraceWriter, WriteError,
 };
-use ttvm_vmm::devices::serial::SerialOutput;
-use ttvm_vmm::live::LiveDriver;
-use ttvm_vmm::stepping::{StepDriver, SteppedError, TimeConfig};
-use ttvm_vmm::{host_kvm, Machine, MachineConfig, MachineError, RunEnd, SerialSource};
+use ttvm_vmm::host::kvm as host_kvm;
+use ttvm_vmm::machine::devices::serial::SerialOutput;
+use ttvm_vmm::run::live::LiveDriver;
+use ttvm_vmm::run::singlestep::{StepDriver, SteppedError, TimeConfig};
+use ttvm_vmm::{Machine, MachineConfig, MachineError, RunEnd, SerialSource};
 
 use crate::chaos::{ChaosDriver, ChaosPlan};
 use crate::checkpoints::{CheckpointEvery, CheckpointStats};
@@ -37,9 +38,9 @@ pub enum RecordError {
     #[error("writing the trace failed: {0}")]
     Write(#[from] WriteError),
     #[error("cannot open the guest branch counter: {0}")]
-    CounterOpen(#[from] ttvm_vmm::pmu::perf::PerfError),
+    CounterOpen(#[from] ttvm_vmm::run::pmu::perf::PerfError),
     #[error("branch counter: {0}")]
-    Counter(#[from] ttvm_vmm::pmu::kvm::KvmTickError),
+    Counter(#[from] ttvm_vmm::run::pmu::kvm::KvmTickError),
 }
 
 /// What to record.

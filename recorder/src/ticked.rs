@@ -1,24 +1,25 @@
 //! Recording with the pmu clock: the guest runs freely, counted by a branch counter (the
 //! CPU's, or ttvm's software stand-in), and every stop where something entered the guest
 //! is logged as a `pmu_stop` marker followed by what happened there (see
-//! `ttvm_vmm::pmu::run`).
+//! `ttvm_vmm::run::pmu::ticked`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use ttvm_logs::{CloseInfo, Event, EventRecord, TraceWriter, WriteError};
-use ttvm_vmm::cpuid::hide_untrappable_randomness;
-use ttvm_vmm::devices::serial::SerialOutput;
-use ttvm_vmm::kick::KickHandle;
-use ttvm_vmm::live::LiveDriver;
-use ttvm_vmm::pmu::emulated::EmulatedCounter;
-use ttvm_vmm::pmu::kvm::PerfState;
-use ttvm_vmm::pmu::perf::PerfBranchCounter;
-use ttvm_vmm::pmu::run::{RunPlan, TickDriver, TickTime, TickedError};
-use ttvm_vmm::pmu::{BranchCounter, TickPosition};
-use ttvm_vmm::stepping::{StepDriver, Stop};
-use ttvm_vmm::{host_kvm, Machine, SerialSource};
+use ttvm_vmm::host::kvm as host_kvm;
+use ttvm_vmm::machine::cpuid::hide_untrappable_randomness;
+use ttvm_vmm::machine::devices::serial::SerialOutput;
+use ttvm_vmm::run::kick::KickHandle;
+use ttvm_vmm::run::live::LiveDriver;
+use ttvm_vmm::run::pmu::emulated::EmulatedCounter;
+use ttvm_vmm::run::pmu::kvm::PerfState;
+use ttvm_vmm::run::pmu::perf::PerfBranchCounter;
+use ttvm_vmm::run::pmu::ticked::{RunPlan, TickDriver, TickTime, TickedError};
+use ttvm_vmm::run::pmu::{BranchCounter, TickPosition};
+use ttvm_vmm::run::singlestep::{StepDriver, Stop};
+use ttvm_vmm::{Machine, SerialSource};
 
 use crate::checkpoints::{CheckpointEvery, CheckpointStats};
 use crate::convert::{self, PmuCounterInfo};

@@ -1,7 +1,7 @@
 //! What a divergence report says: where, what the trace expected, what happened.
 
 use serde::Serialize;
-use ttvm_vmm::digest::RegSnapshot;
+use ttvm_vmm::machine::digest::RegSnapshot;
 
 /// The replay stopped doing what was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,7 +46,10 @@ impl std::fmt::Display for Divergence {
         }
         if let Some(regs) = &self.registers {
             write!(f, "\n  registers at divergence:")?;
-            for (name, value) in ttvm_vmm::digest::REG_NAMES.iter().zip(regs.0.iter()) {
+            for (name, value) in ttvm_vmm::machine::digest::REG_NAMES
+                .iter()
+                .zip(regs.0.iter())
+            {
                 write!(f, "\n    {name:<6} {value:#018x}")?;
             }
         }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ttvm_logs::{EndReason, Event, EventRecord, ReadError, TraceReader};
-use ttvm_vmm::digest::RegSnapshot;
-use ttvm_vmm::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop};
+use ttvm_vmm::machine::digest::RegSnapshot;
+use ttvm_vmm::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, Stop};
 use ttvm_vmm::{Machine, RunEnd, SerialPoll};
 
 use crate::divergence::Divergence;

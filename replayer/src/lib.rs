@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use ttvm_logs::{ReadError, TraceHeader, TraceReader};
-use ttvm_vmm::cpuid::CpuidEntry;
-use ttvm_vmm::devices::serial::SerialOutput;
-use ttvm_vmm::stepping::{BootFacts, Position, SteppedError, TimeConfig};
-use ttvm_vmm::{host_kvm, Initrd, Machine, MachineConfig, MachineError, RunEnd};
+use ttvm_vmm::host::kvm as host_kvm;
+use ttvm_vmm::machine::cpuid::CpuidEntry;
+use ttvm_vmm::machine::devices::serial::SerialOutput;
+use ttvm_vmm::run::singlestep::{BootFacts, Position, SteppedError, TimeConfig};
+use ttvm_vmm::{Initrd, Machine, MachineConfig, MachineError, RunEnd};
 
 pub use divergence::Divergence;
 use driver::{DriverError, ReplayDriver, StopCause};
@@ -125,7 +126,7 @@ pub(crate) fn pmu_refusal(header: &TraceHeader) -> String {
         .get(PMU_EVENT)
         .map_or("an unknown event", String::as_str);
     let recorded = format!("it was recorded with the pmu clock (event {event} on {vendor})");
-    let probe = ttvm_vmm::pmu::probe::probe();
+    let probe = ttvm_vmm::run::pmu::probe::probe();
     match (&probe.event, &probe.error) {
         (_, Some(why)) => {
             format!("{recorded}, and this host cannot count guest branches: {why}")

@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ttvm_vmm::pages::{Page, PageSet};
-use ttvm_vmm::snapshot::MachineState;
-use ttvm_vmm::stepping::Position;
+use ttvm_vmm::machine::pages::{Page, PageSet};
+use ttvm_vmm::machine::snapshot::MachineState;
+use ttvm_vmm::run::singlestep::Position;
 
 /// A node's id within the store.
 pub type NodeId = u32;

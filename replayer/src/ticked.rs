@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use ttvm_logs::clock_params;
 use ttvm_logs::{EndReason, Event, TraceHeader, TraceReader};
-use ttvm_vmm::devices::serial::SerialOutput;
-use ttvm_vmm::host_kvm;
-use ttvm_vmm::pmu::emulated::EmulatedCounter;
-use ttvm_vmm::pmu::kvm::PerfState;
-use ttvm_vmm::pmu::perf::PerfBranchCounter;
-use ttvm_vmm::pmu::run::{RunPlan, TickDriver, TickTime, TickedError};
-use ttvm_vmm::pmu::{BranchCounter, TickPosition};
-use ttvm_vmm::stepping::{BootFacts, Stop};
+use ttvm_vmm::host::kvm as host_kvm;
+use ttvm_vmm::machine::devices::serial::SerialOutput;
+use ttvm_vmm::run::pmu::emulated::EmulatedCounter;
+use ttvm_vmm::run::pmu::kvm::PerfState;
+use ttvm_vmm::run::pmu::perf::PerfBranchCounter;
+use ttvm_vmm::run::pmu::ticked::{RunPlan, TickDriver, TickTime, TickedError};
+use ttvm_vmm::run::pmu::{BranchCounter, TickPosition};
+use ttvm_vmm::run::singlestep::{BootFacts, Stop};
 
 use crate::driver::{DriverError, ReplayDriver, StopCause};
 use crate::{driver_error, machine_for, param, pmu_refusal, Replay, ReplayError, ReplayResult};
@@ -138,7 +138,7 @@ fn counter_for(header: &TraceHeader) -> Result<(Box<dyn BranchCounter>, TickTime
             Ok((Box::new(EmulatedCounter::new(max_skid, 0x7e91a7)), time))
         }
         PMU_COUNTER_HARDWARE => {
-            let probe = ttvm_vmm::pmu::probe::probe();
+            let probe = ttvm_vmm::run::pmu::probe::probe();
             let vendor: String = param(header, PMU_VENDOR)?;
             let event: String = param(header, PMU_EVENT)?;
             match probe.event.filter(|_| probe.error.is_none()) {

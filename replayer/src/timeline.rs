@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ttvm_logs::CheckpointId;
-use ttvm_vmm::devices::serial::SerialOutput;
-use ttvm_vmm::snapshot::{Snapshot, SnapshotError};
-use ttvm_vmm::stepping::{Position, SteppedError, Stop};
+use ttvm_vmm::machine::devices::serial::SerialOutput;
+use ttvm_vmm::machine::snapshot::{Snapshot, SnapshotError};
+use ttvm_vmm::run::singlestep::{Position, SteppedError, Stop};
 use ttvm_vmm::{Machine, RunEnd};
 
 use crate::driver::{DriverError, ReplayDriver, StopCause, Watch};
@@ -255,7 +255,7 @@ impl Timeline {
         let regs = self
             .machine
             .stepped_regs()
-            .unwrap_or(ttvm_vmm::digest::RegSnapshot([0; 18]));
+            .unwrap_or(ttvm_vmm::machine::digest::RegSnapshot([0; 18]));
         self.machine.state_digest(&regs, self.position())
     }
 

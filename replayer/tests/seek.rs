@@ -10,7 +10,7 @@ use ttvm_logs::TraceLocation;
 use ttvm_recorder::checkpoints::CheckpointEvery;
 use ttvm_recorder::{record, RecordOptions};
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineOptions};
-use ttvm_vmm::stepping::{Position, TimeConfig};
+use ttvm_vmm::run::singlestep::{Position, TimeConfig};
 use ttvm_vmm::{MachineConfig, SerialSource};
 
 #[derive(Clone, Default)]

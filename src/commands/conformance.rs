@@ -412,7 +412,7 @@ fn check_seek(work: &Path, name: &str, trace: &Path) -> anyhow::Result<()> {
     if v["position"] != position {
         anyhow::bail!("--goto {pos} arrived at {}", v["position"]);
     }
-    for (name, value) in ttvm_vmm::digest::REG_NAMES.iter().zip(regs.iter()) {
+    for (name, value) in ttvm_vmm::machine::digest::REG_NAMES.iter().zip(regs.iter()) {
         let want = format!("{value:#x}");
         if v["registers"][name] != want.as_str() {
             anyhow::bail!(
@@ -472,7 +472,7 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<i32> {
     let foreign_ok = !matches!(foreign, Some(Err(_)));
     let passed = foreign_ok && guests.iter().all(|g| g.problems.is_empty());
     let report = Report {
-        kvm_module: ttvm_vmm::host_kvm::kvm_module(),
+        kvm_module: ttvm_vmm::host::kvm::kvm_module(),
         cpu: ttvm_logs::HostInfo::detect().cpu_model_name,
         guests,
         foreign_trace: foreign.map(|r| r.unwrap_or_else(|e| e)),

@@ -14,7 +14,7 @@ use ttvm_gdb::server::ServeEnd;
 use ttvm_gdb::{serve, DebugTarget, ServeOptions};
 use ttvm_logs::{default_trace_root, resolve_trace, TraceReader};
 use ttvm_replayer::timeline::{Timeline, TimelineOptions};
-use ttvm_vmm::memory::parse_size;
+use ttvm_vmm::machine::memory::parse_size;
 
 use super::interrupt::stop_flag;
 
@@ -47,7 +47,9 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?}: give PORT or ADDR:PORT (e.g. 1234 or 127.0.0.1:1234)"))
 }
 
-fn serial_output(path: Option<&Path>) -> anyhow::Result<ttvm_vmm::devices::serial::SerialOutput> {
+fn serial_output(
+    path: Option<&Path>,
+) -> anyhow::Result<ttvm_vmm::machine::devices::serial::SerialOutput> {
     Ok(match path {
         Some(p) => Box::new(
             std::fs::File::create(p)

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::run::{run_image, run_image_stepped, MachineArgs, RunClock};
-use ttvm_vmm::stepping::TimeConfig;
+use ttvm_vmm::run::singlestep::TimeConfig;
 
 /// `ttvm demo [NAME]`
 #[derive(Debug, Args)]

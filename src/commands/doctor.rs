@@ -1,8 +1,8 @@
 //! `ttvm doctor`: checks this host and says which clocks will work (like rr's checks).
 
 use clap::Args;
-use ttvm_vmm::doctor::{diagnose, Status};
-use ttvm_vmm::kvm_host::kvm_device_path;
+use ttvm_vmm::host::doctor::{diagnose, Status};
+use ttvm_vmm::host::kvm::kvm_device_path;
 
 /// `ttvm doctor [--json]`
 #[derive(Debug, Args)]

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineOptions};
-use ttvm_vmm::digest::REG_NAMES;
-use ttvm_vmm::memory::parse_size;
+use ttvm_vmm::machine::digest::REG_NAMES;
+use ttvm_vmm::machine::memory::parse_size;
 
 use super::interrupt::stop_flag;
 use super::replay::ReplayArgs;
@@ -33,7 +33,7 @@ struct GotoReport {
 pub fn run(args: &ReplayArgs, trace: &Path, target: u64) -> anyhow::Result<i32> {
     let checkpoint_mem = parse_size(&args.checkpoint_mem)
         .with_context(|| format!("--checkpoint-mem {:?}", args.checkpoint_mem))?;
-    let serial: ttvm_vmm::devices::serial::SerialOutput = match &args.serial_out {
+    let serial: ttvm_vmm::machine::devices::serial::SerialOutput = match &args.serial_out {
         Some(path) => Box::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create --serial-out {}", path.display()))?,

@@ -9,8 +9,8 @@ use ttvm_logs::TraceLocation;
 use ttvm_recorder::checkpoints::CheckpointEvery;
 use ttvm_recorder::clock_choice::{self, ClockChoice};
 use ttvm_recorder::{record, RecordClock, RecordOptions};
-use ttvm_vmm::pmu::selftest;
-use ttvm_vmm::stepping::TimeConfig;
+use ttvm_vmm::host::pmu_selftest;
+use ttvm_vmm::run::singlestep::TimeConfig;
 
 use super::interrupt::stop_flag;
 use super::run::{read_guest_image, MachineArgs};
@@ -74,7 +74,7 @@ pub fn record_image(
     image_name: &str,
 ) -> anyhow::Result<i32> {
     // A bad image is the first thing to say, before any note about clocks.
-    ttvm_vmm::elf_image::parse(image, args.machine.machine_config().mem_bytes)?;
+    ttvm_vmm::machine::elf_image::parse(image, args.machine.machine_config().mem_bytes)?;
     let clock = if args.chaos.chaos {
         // Chaos perturbs the single-step clock's timing model.
         match args.clock {
@@ -85,8 +85,8 @@ pub fn record_image(
         }
     } else {
         let selection =
-            clock_choice::select(args.clock, &ttvm_vmm::pmu::probe::probe(), |event| {
-                selftest::verdict(event, 4)
+            clock_choice::select(args.clock, &ttvm_vmm::run::pmu::probe::probe(), |event| {
+                pmu_selftest::verdict(event, 4)
             })?;
         if let Some(note) = &selection.note {
             eprintln!("ttvm: note: {note}");

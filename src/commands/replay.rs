@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use ttvm_logs::{default_trace_root, resolve_trace};
 use ttvm_replayer::{replay_with_progress, ReplayError, ReplayResult};
-use ttvm_vmm::devices::serial::SerialOutput;
+use ttvm_vmm::machine::devices::serial::SerialOutput;
 
 use super::interrupt::stop_flag;
 

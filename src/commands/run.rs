@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use ttvm_logs::files::{self, FileError};
 use ttvm_logs::MAX_GUEST_IMAGE_BYTES;
-use ttvm_vmm::live::LiveDriver;
-use ttvm_vmm::memory::{self, DEFAULT_MEM};
-use ttvm_vmm::stepping::TimeConfig;
+use ttvm_vmm::machine::memory::{self, DEFAULT_MEM};
+use ttvm_vmm::run::live::LiveDriver;
+use ttvm_vmm::run::singlestep::TimeConfig;
 use ttvm_vmm::{Initrd, Machine, MachineConfig, RealHost, SerialSource};
 
 /// Options shared by every command that builds a machine.

@@ -79,7 +79,7 @@ impl ChaosArgs {
     pub fn first_seed(&self) -> Option<u64> {
         self.chaos.then(|| {
             self.seed
-                .unwrap_or_else(|| ttvm_vmm::live::host_random() >> 32)
+                .unwrap_or_else(|| ttvm_vmm::run::live::host_random() >> 32)
         })
     }
 }
@@ -258,13 +258,13 @@ fn commands(args: &RecordArgs, trace: &Path, seed: Option<u64>) -> Commands {
     let record_again = seed.map(|seed| {
         let mut cmd = format!("ttvm record --chaos --seed {seed}");
         let m = &args.machine;
-        if m.mem != ttvm_vmm::memory::DEFAULT_MEM {
+        if m.mem != ttvm_vmm::machine::memory::DEFAULT_MEM {
             cmd += &format!(" --mem {}", m.mem);
         }
         if !m.cmdline.is_empty() {
             cmd += &format!(" --cmdline {}", sh(&m.cmdline));
         }
-        if args.time_rate != ttvm_vmm::stepping::TimeConfig::default().ns_per_step {
+        if args.time_rate != ttvm_vmm::run::singlestep::TimeConfig::default().ns_per_step {
             cmd += &format!(" --time-rate {}", args.time_rate);
         }
         if let Some(input) = &m.serial_in {

@@ -2,7 +2,7 @@
 //! state through its ports, save, restore (from JSON, as checkpoints do) into a fresh set
 //! and in place, and check that both copies then answer every port identically.
 
-use ttvm_vmm::devices::{DeviceCtx, DevicesState};
+use ttvm_vmm::machine::devices::{DeviceCtx, DevicesState};
 use ttvm_vmm::machine::Devices;
 
 /// (port, value) writes that leave every device in a non-default state.

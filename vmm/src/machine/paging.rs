@@ -5,7 +5,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::memory::GuestRam;
+use crate::machine::memory::GuestRam;
 
 const CR0_PG: u64 = 1 << 31;
 const CR4_PSE: u64 = 1 << 4;
@@ -123,7 +123,7 @@ impl Mmu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::machine::memory;
 
     #[test]
     fn long_mode_4k_and_2m_pages() {
@@ -182,7 +182,7 @@ impl CodeAtRip {
         sregs: &kvm_bindings::kvm_sregs,
     ) -> CodeAtRip {
         let mmu = Mmu::from_sregs(sregs);
-        let bitness = crate::fallback::code_bitness(sregs);
+        let bitness = crate::machine::fallback::code_bitness(sregs);
         let linear = if bitness == 64 {
             regs.rip
         } else {

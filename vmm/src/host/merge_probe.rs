@@ -4,15 +4,15 @@
 //! instructions do this is a property of the KVM's emulator, so it is probed in a scratch
 //! VM, never assumed: each candidate is placed before a `nop` and stepped once.
 //!
-//! The stepping loop then executes a merging instruction in the VMM (`crate::fallback`)
+//! The stepping loop then executes a merging instruction in the VMM (`crate::machine::fallback`)
 //! instead of stepping it, so the instruction after it is always seen on its own step.
 
 use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::step_probe::{ProbeError, ScratchVm};
-use crate::vcpu::Exit;
+use crate::host::step_probe::{ProbeError, ScratchVm};
+use crate::machine::vcpu::Exit;
 
 /// The candidates, each an instruction that runs in real mode with no memory operand.
 /// `bit` is its place in [`StepMerges`].

@@ -11,7 +11,9 @@
 //! - [`kvm`] is the [`TickMachine`] of a real vCPU with the real counter;
 //! - [`emulated`] counts branches in software on a real vCPU (single-stepping), so the
 //!   convergence runs against real KVM on hosts without a PMU;
-//! - [`selftest`] checks the counter and the convergence on a scratch VM (`ttvm doctor`).
+//! - [`ticked`] is the record/replay loop under this clock (`Machine::run_ticked`);
+//! - `crate::host::pmu_selftest` checks the counter and the convergence on a scratch VM
+//!   (`ttvm doctor`).
 //!
 //! Instructions-retired is not deterministic on x86 (interrupts, faults and string
 //! instructions are counted differently run to run) and is never used.
@@ -21,14 +23,13 @@ pub mod emulated;
 pub mod kvm;
 pub mod perf;
 pub mod probe;
-pub mod run;
-pub mod selftest;
 #[cfg(test)]
 mod sim;
+pub mod ticked;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::RegSnapshot;
+use crate::machine::digest::RegSnapshot;
 
 pub use converge::{converge, ConvergeError, Converged};
 pub use probe::BranchEvent;
@@ -132,15 +133,15 @@ pub trait TickMachine {
 
 /// A [`TickMachine`] on a real vCPU.
 pub type BoxedTickMachine<'a> =
-    Box<dyn TickMachine<Exit = crate::vcpu::Exit, Error = kvm::KvmTickError> + 'a>;
+    Box<dyn TickMachine<Exit = crate::machine::vcpu::Exit, Error = kvm::KvmTickError> + 'a>;
 
 /// A branch counter's state, kept between runs; `on` lends it to a vCPU as a
 /// [`TickMachine`] for one phase of the loop.
 pub trait BranchCounter {
     fn on<'a>(
         &'a mut self,
-        vcpu: &'a mut crate::vcpu::Vcpu,
-        mem: &'a crate::memory::GuestRam,
+        vcpu: &'a mut crate::machine::vcpu::Vcpu,
+        mem: &'a crate::machine::memory::GuestRam,
     ) -> BoxedTickMachine<'a>;
     /// The skid allowance for [`converge`] with this counter.
     fn margin(&self) -> u64;

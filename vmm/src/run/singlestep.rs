@@ -24,15 +24,15 @@ use iced_x86::Register;
 use kvm_bindings::kvm_regs;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{self, Emulated};
-use crate::devices::DeviceCtx;
-use crate::digest::RegSnapshot;
-use crate::end::RunEnd;
-use crate::inputs::SerialPoll;
+use crate::machine::decode::{self, Emulated};
+use crate::machine::devices::DeviceCtx;
+use crate::machine::digest::RegSnapshot;
+use crate::machine::paging::{CodeAtRip, Mmu};
+use crate::machine::vcpu::Exit;
 use crate::machine::{Machine, MachineError};
-use crate::paging::{CodeAtRip, Mmu};
-use crate::run_loop::Next;
-use crate::vcpu::Exit;
+use crate::run::end::RunEnd;
+use crate::run::free::Next;
+use crate::run::inputs::SerialPoll;
 
 /// Steps since boot.
 pub type Position = u64;
@@ -885,7 +885,7 @@ fn set_edx_eax(regs: &mut kvm_regs, value: u64) {
 
 fn set_random(regs: &mut kvm_regs, dest: Register, value: u64, ok: bool) {
     // `dest` is the sized register: 32-bit writes zero-extend, 16-bit ones keep the rest.
-    crate::fallback::write_gpr(regs, dest, if ok { value } else { 0 });
+    crate::machine::fallback::write_gpr(regs, dest, if ok { value } else { 0 });
     regs.rflags &= !RFLAGS_ARITH;
     if ok {
         regs.rflags |= RFLAGS_CF;

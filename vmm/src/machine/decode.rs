@@ -20,7 +20,7 @@ pub enum Emulated {
     RdmsrTsc,
     Hlt,
     /// An instruction with no effect but on RIP (a fence, `pause`, `nop`) that this KVM
-    /// runs together with the next instruction in one single step (`crate::merge_probe`):
+    /// runs together with the next instruction in one single step (`crate::host::merge_probe`):
     /// the VMM passes over it so that the next instruction is seen on its own step.
     NoEffect,
     /// STI, emulated only when the instruction after it must be emulated: real CPUs
@@ -29,7 +29,7 @@ pub enum Emulated {
     Sti,
 }
 
-/// The candidate of `crate::merge_probe` that `bytes` start with (its name, its length, and
+/// The candidate of `crate::host::merge_probe` that `bytes` start with (its name, its length, and
 /// whether it has no effect but on RIP), found by its encoding after prefixes. None for
 /// anything else, which is almost every instruction: this runs before every step.
 pub fn merge_candidate(bytes: &[u8], bitness: u32) -> Option<(&'static str, u8, bool)> {

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 pub use super::XorShift;
 use super::{RunStop, StepStop, StopRegs, TickMachine, TickPosition};
-use crate::digest::RegSnapshot;
+use crate::machine::digest::RegSnapshot;
 
 /// One instruction of the simulated program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

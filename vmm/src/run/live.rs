@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::RegSnapshot;
-use crate::end::RunEnd;
-use crate::inputs::{HostInputs, RealHost, SerialPoll, SerialSource};
+use crate::machine::digest::RegSnapshot;
 use crate::machine::Machine;
-use crate::stepping::{BootFacts, HostValueKind, Position, StepDriver, Stop};
+use crate::run::end::RunEnd;
+use crate::run::inputs::{HostInputs, RealHost, SerialPoll, SerialSource};
+use crate::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, Stop};
 
 pub struct LiveDriver {
     host: RealHost,
@@ -32,7 +32,7 @@ impl LiveDriver {
     }
 
     /// Lets host input (serial bytes) kick the vCPU out of a free run.
-    pub fn set_kick(&mut self, kick: crate::kick::KickHandle) {
+    pub fn set_kick(&mut self, kick: crate::run::kick::KickHandle) {
         self.host.set_kick(kick);
     }
 

@@ -1,27 +1,49 @@
 //! The machine: one KVM VM with one vCPU, guest RAM, the PC devices on their bus.
-//! Construction is here; running it (the exit loop) is in `run_loop`.
+//! Construction is here; running it is in [`crate::run`].
+//!
+//! Its parts: the vCPU ([`vcpu`], its saved state [`vcpu_state`]), guest RAM ([`memory`],
+//! by pages for checkpoints [`pages`], virtual addresses [`paging`]), loading and booting
+//! ([`elf_image`], [`boot`]), the devices ([`devices`]), the CPUID template ([`cpuid`]),
+//! the next instruction ([`decode`]), instructions KVM cannot emulate ([`fallback`], run
+//! by the machine in `unemulated`), register digests ([`digest`]) and checkpoints
+//! ([`snapshot`]).
+
+pub mod boot;
+pub mod cpuid;
+pub mod decode;
+pub mod devices;
+pub mod digest;
+pub mod elf_image;
+pub mod fallback;
+pub mod memory;
+pub mod pages;
+pub mod paging;
+pub mod snapshot;
+mod unemulated;
+pub mod vcpu;
+pub mod vcpu_state;
 
 use std::path::PathBuf;
 
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::boot::{self, BootError};
-use crate::cpuid::{self, CpuidEntry, CpuidError};
-use crate::devices::debug_exit::DebugExit;
-use crate::devices::i8042::I8042;
-use crate::devices::pic::{Chip, PicPair, PicPort};
-use crate::devices::pit::{Pit, PortB};
-use crate::devices::rtc::Rtc;
-use crate::devices::serial::{SerialDevice, SerialError, SerialOutput, COM1_BASE};
-use crate::devices::{
+use crate::host::kvm::{self as kvm_host, KvmHostError, RUN_REQUIREMENTS};
+use crate::machine::boot::BootError;
+use crate::machine::cpuid::{CpuidEntry, CpuidError};
+use crate::machine::devices::debug_exit::DebugExit;
+use crate::machine::devices::i8042::I8042;
+use crate::machine::devices::pic::{Chip, PicPair, PicPort};
+use crate::machine::devices::pit::{Pit, PortB};
+use crate::machine::devices::rtc::Rtc;
+use crate::machine::devices::serial::{SerialDevice, SerialError, SerialOutput, COM1_BASE};
+use crate::machine::devices::{
     bus::BusError, DeviceCtx, DeviceId, DevicesState, MachineRequest, PioBus, PioDevice, PostPort,
 };
-use crate::elf_image::{self, ElfImage, ImageError};
-use crate::end::RunEnd;
-use crate::kick::KickError;
-use crate::kvm_host::{self, KvmHostError, RUN_REQUIREMENTS};
-use crate::memory::{self, GuestRam, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::machine::elf_image::{ElfImage, ImageError};
+use crate::machine::memory::{GuestRam, MemoryError};
+use crate::machine::vcpu::{Vcpu, VcpuError};
+use crate::run::end::RunEnd;
+use crate::run::kick::KickError;
 
 /// Where KVM's TSS for real-mode emulation goes on Intel hosts (three pages just below the
 /// BIOS area at 4 GiB, outside RAM, as Firecracker and QEMU place it).
@@ -128,7 +150,7 @@ pub enum MachineError {
     #[error("unexpected KVM exit: {0}")]
     UnexpectedExit(String),
     #[error(transparent)]
-    Probe(#[from] crate::step_probe::ProbeError),
+    Probe(#[from] crate::host::step_probe::ProbeError),
     #[error(
         "the guest entered user mode (CPL 3) at RIP {rip:#x}, position {position}, and this \
          KVM cannot single-step user-mode code (`ttvm doctor` shows it): the single-step clock \
@@ -272,7 +294,7 @@ pub struct RunStats {
     pub hlt_exits: u64,
     pub kicks: u64,
     pub interrupts_injected: u64,
-    /// Instructions KVM could not emulate that the VMM executed (`crate::fallback`).
+    /// Instructions KVM could not emulate that the VMM executed (`crate::machine::fallback`).
     pub executed_by_vmm: u64,
 }
 
@@ -293,11 +315,11 @@ pub struct Machine {
     /// Current position of the stepped run (steps since boot).
     pub(crate) position: u64,
     /// How this KVM single-steps (probed when a stepped run starts).
-    pub(crate) step_semantics: Option<crate::step_probe::StepSemantics>,
+    pub(crate) step_semantics: Option<crate::host::step_probe::StepSemantics>,
     pub(crate) pending_end: Option<RunEnd>,
     pub(crate) stats: RunStats,
     /// The stepped run's state between calls of its loop (None before it begins).
-    pub(crate) stepped: Option<crate::stepping::SteppedState>,
+    pub(crate) stepped: Option<crate::run::singlestep::SteppedState>,
     /// Pages the VMM itself wrote since the last checkpoint (KVM's dirty log misses them).
     pub(crate) vmm_dirty: std::collections::BTreeSet<u32>,
     /// MSRs this KVM can save (probed on the first checkpoint).
@@ -395,11 +417,11 @@ impl Machine {
     /// How this KVM single-steps (probed once, in a scratch VM, then remembered).
     pub fn probe_step_semantics(
         &mut self,
-    ) -> Result<crate::step_probe::StepSemantics, crate::step_probe::ProbeError> {
+    ) -> Result<crate::host::step_probe::StepSemantics, crate::host::step_probe::ProbeError> {
         if let Some(s) = self.step_semantics {
             return Ok(s);
         }
-        let s = crate::step_probe::probe(&self._kvm)?;
+        let s = crate::host::step_probe::probe(&self._kvm)?;
         self.step_semantics = Some(s);
         Ok(s)
     }

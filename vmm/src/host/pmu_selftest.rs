@@ -6,14 +6,14 @@
 
 use kvm_ioctls::Kvm;
 
-use super::converge::{converge, ConvergeError, Converged};
-use super::emulated::EmulatedCounter;
-use super::kvm::{KvmTickError, PerfState};
-use super::perf::{PerfBranchCounter, PerfError};
-use super::probe::BranchEvent;
-use super::{BranchCounter, RunStop, StepStop, StopRegs, TickPosition};
-use crate::step_probe::{ProbeError, ScratchVm};
-use crate::vcpu::Exit;
+use crate::host::step_probe::{ProbeError, ScratchVm};
+use crate::machine::vcpu::Exit;
+use crate::run::pmu::converge::{converge, ConvergeError, Converged};
+use crate::run::pmu::emulated::EmulatedCounter;
+use crate::run::pmu::kvm::{KvmTickError, PerfState};
+use crate::run::pmu::perf::{PerfBranchCounter, PerfError};
+use crate::run::pmu::probe::BranchEvent;
+use crate::run::pmu::{BranchCounter, RunStop, StepStop, StopRegs, TickPosition};
 
 /// Real-mode program: mov cx,2000; l1: dec cx; jnz l1; mov cx,5; mov si,0x1800;
 /// mov di,0x1900; rep movsb; mov cx,1000; l2: dec cx; jnz l2; out 0x80,al; hlt.

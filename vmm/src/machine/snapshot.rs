@@ -12,11 +12,11 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::DevicesState;
+use crate::machine::devices::DevicesState;
+use crate::machine::pages::{self, Page, PageSet, PagesError};
+use crate::machine::vcpu_state::{self, VcpuState, VcpuStateError};
 use crate::machine::Machine;
-use crate::pages::{self, Page, PageSet, PagesError};
-use crate::stepping::{Position, SteppedState};
-use crate::vcpu_state::{self, VcpuState, VcpuStateError};
+use crate::run::singlestep::{Position, SteppedState};
 
 const MAGIC: &[u8; 8] = b"TTVMSNAP";
 const VERSION: u32 = 1;
@@ -34,7 +34,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Pages(#[from] PagesError),
     #[error(transparent)]
-    Arm(#[from] crate::vcpu::VcpuError),
+    Arm(#[from] crate::machine::vcpu::VcpuError),
     #[error("restoring the devices failed: {0}")]
     Devices(String),
     #[error("the snapshot is damaged: {0}")]

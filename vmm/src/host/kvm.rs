@@ -1,4 +1,5 @@
-//! Opening KVM and checking that it offers what ttvm needs, with errors that say what to do.
+//! The host's KVM: opening it and checking that it offers what ttvm needs (with errors that
+//! say what to do), and which KVM implementation it is.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,18 @@ pub fn open_kvm(path: &Path, requirements: &[Requirement]) -> Result<Kvm, KvmHos
     }
     check_requirements(&kvm, requirements)?;
     Ok(kvm)
+}
+
+/// The loaded KVM vendor module: `kvm_intel`, `kvm_amd`, `kvm_pvm`, or `unknown`. Traces
+/// record it, because single-step semantics (and so positions) differ between KVM
+/// implementations (see HOST-NOTES: rep-string granularity, the interrupt-entry step).
+pub fn kvm_module() -> String {
+    for module in ["kvm_intel", "kvm_amd", "kvm_pvm"] {
+        if std::path::Path::new("/sys/module").join(module).exists() {
+            return module.to_string();
+        }
+    }
+    "unknown".to_string()
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The machine's side of the fallback (`crate::fallback`): when KVM reports that it cannot
+//! The machine's side of the fallback (`crate::machine::fallback`): when KVM reports that it cannot
 //! emulate the instruction at RIP, the machine executes it itself on the vCPU's registers
 //! and guest memory, then the guest goes on as if KVM had run it. It is deterministic (a
 //! function of machine state), so record and replay need no event for it, and it works the
@@ -7,10 +7,10 @@
 use iced_x86::Mnemonic;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::fallback::{self, Cpu, FallbackError, LinearMemory};
+use crate::machine::fallback::{self, Cpu, FallbackError, LinearMemory};
+use crate::machine::memory::GuestRam;
+use crate::machine::paging::{CodeAtRip, Mmu};
 use crate::machine::{Machine, MachineError};
-use crate::memory::GuestRam;
-use crate::paging::{CodeAtRip, Mmu};
 
 /// Guest memory by linear address through the guest's page tables; pages the VMM writes
 /// are noted for the next incremental checkpoint (KVM's dirty log does not see them).

@@ -12,8 +12,8 @@ use kvm_bindings::{kvm_msr_entry, kvm_segment, Msrs};
 use kvm_ioctls::Kvm;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::step_probe::{ProbeError, ScratchVm};
-use crate::vcpu::Exit;
+use crate::host::step_probe::{ProbeError, ScratchVm};
+use crate::machine::vcpu::Exit;
 
 const RAM: usize = 0x8000;
 const PML4: u64 = 0x0;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::memory::GuestRam;
+use crate::machine::memory::GuestRam;
 
 pub const PAGE_SIZE: usize = 4096;
 const PAGE_SHIFT: u32 = 12;
@@ -194,7 +194,7 @@ pub fn take_dirty_pages(vm: &VmFd, mem: &GuestRam) -> Result<Vec<u32>, PagesErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::machine::memory;
 
     #[test]
     fn capture_encode_decode_round_trip() {

@@ -5,7 +5,7 @@
 //! silent wrong position.
 
 use super::{RunStop, StepStop, StopRegs, TickMachine, TickPosition};
-use crate::digest::REG_NAMES;
+use crate::machine::digest::REG_NAMES;
 
 /// The end of one call to [`converge`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
 
 use super::kvm::{single_step_noting_kicks, KvmTickError};
 use super::{BoxedTickMachine, BranchCounter, RunStop, StepStop, StopRegs, TickMachine, XorShift};
-use crate::memory::GuestRam;
-use crate::paging::CodeAtRip;
-use crate::vcpu::{Exit, Vcpu};
+use crate::machine::memory::GuestRam;
+use crate::machine::paging::CodeAtRip;
+use crate::machine::vcpu::{Exit, Vcpu};
 
 /// The software counter's state between runs.
 #[derive(Debug, Clone)]

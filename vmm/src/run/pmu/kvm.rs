@@ -1,13 +1,13 @@
 //! The [`TickMachine`] of a real vCPU and the real branch counter, both on the calling
 //! thread. Single-step is re-armed before every step, which is correct on every KVM (see
-//! [`crate::step_probe`]).
+//! [`crate::host::step_probe`]).
 
 use super::perf::{PerfBranchCounter, PerfError};
 use super::{
     skid_margin, BoxedTickMachine, BranchCounter, RunStop, StepStop, StopRegs, TickMachine,
 };
-use crate::memory::GuestRam;
-use crate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::machine::memory::GuestRam;
+use crate::machine::vcpu::{Exit, Vcpu, VcpuError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvmTickError {
@@ -49,7 +49,7 @@ impl BranchCounter for PerfState {
 }
 
 /// A vCPU counted by a guest-only branch counter opened on this (the vCPU's) thread. The
-/// thread should also own a [`crate::kick::Kicker`] for the vCPU, so an overflow signal that
+/// thread should also own a [`crate::run::kick::Kicker`] for the vCPU, so an overflow signal that
 /// arrives between two KVM_RUNs is not lost (it sets `immediate_exit`); without one, the
 /// count is also checked before every run.
 pub struct KvmTickMachine<'a> {

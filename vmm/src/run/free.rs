@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::DeviceCtx;
-use crate::end::RunEnd;
-use crate::inputs::{HostInputs, SerialPoll};
-use crate::kick::Kicker;
+use crate::machine::devices::DeviceCtx;
+use crate::machine::vcpu::Exit;
 use crate::machine::{Machine, MachineError, RunStats};
-use crate::vcpu::Exit;
+use crate::run::end::RunEnd;
+use crate::run::inputs::{HostInputs, SerialPoll};
+use crate::run::kick::Kicker;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]

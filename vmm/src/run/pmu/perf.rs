@@ -2,7 +2,7 @@
 //! retired-conditional-branch event in guest mode only (exclude_host), with an overflow
 //! that interrupts KVM_RUN.
 //!
-//! The overflow is delivered as the vCPU kick signal (see [`crate::kick`]) to this very
+//! The overflow is delivered as the vCPU kick signal (see [`crate::run::kick`]) to this very
 //! thread: O_ASYNC + F_SETSIG + F_SETOWN_EX(F_OWNER_TID). The handler is installed without
 //! SA_RESTART, so KVM_RUN returns EINTR. The count itself is cumulative (perf never resets
 //! it on overflow); the sample period only decides when the next signal comes.
@@ -14,7 +14,7 @@ use perf_event_open_sys::bindings::{
 };
 
 use super::probe::BranchEvent;
-use crate::kick;
+use crate::run::kick;
 
 // fcntl(2) commands and types the libc crate does not export (asm-generic/fcntl.h).
 const F_SETSIG: libc::c_int = 10;

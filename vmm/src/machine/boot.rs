@@ -22,8 +22,8 @@ use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_in
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::elf_image::{ElfClass, ElfImage};
-use crate::memory::GuestRam;
+use crate::machine::elf_image::{ElfClass, ElfImage};
+use crate::machine::memory::GuestRam;
 
 pub const BOOT_GDT_ADDR: u64 = 0x500;
 pub const BOOT_IDT_ADDR: u64 = 0x520;
@@ -250,7 +250,7 @@ pub fn reset_fpu() -> kvm_fpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory;
+    use crate::machine::memory;
 
     #[test]
     fn boot_info_is_where_pvh_guests_look() {
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn elf32_and_elf64_images_load() {
-        use crate::elf_image::{parse, testing::tiny_elf};
+        use crate::machine::elf_image::{parse, testing::tiny_elf};
         for class in [ElfClass::Elf32, ElfClass::Elf64] {
             let mem = memory::allocate(4 << 20).unwrap();
             let bytes = tiny_elf(class, true, 16);

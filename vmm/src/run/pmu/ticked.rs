@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 use super::converge::{converge, ConvergeError, Converged};
 use super::kvm::KvmTickError;
 use super::{BranchCounter, RunStop, TickPosition};
-use crate::digest::RegSnapshot;
-use crate::end::RunEnd;
-use crate::kick::{KickHandle, Kicker};
+use crate::machine::digest::RegSnapshot;
+use crate::machine::vcpu::Exit;
 use crate::machine::{Machine, MachineError};
-use crate::stepping::{Halted, StepDriver, SteppedError, Stop};
-use crate::vcpu::Exit;
+use crate::run::end::RunEnd;
+use crate::run::kick::{KickHandle, Kicker};
+use crate::run::singlestep::{Halted, StepDriver, SteppedError, Stop};
 
 /// Single-steps allowed per convergence once the counter is within the margin.
 const MAX_CONVERGE_STEPS: u64 = 10_000_000;

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::kick::KickHandle;
+use crate::run::kick::KickHandle;
 
 /// What the serial input source has for the guest right now.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::machine::vcpu::{Exit, Vcpu, VcpuError};
 
 /// How single-stepping behaves on this KVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,9 +22,9 @@ pub struct StepSemantics {
     /// Single-step must be re-armed before every KVM_RUN (the trap does not persist).
     pub rearm_each_step: bool,
     /// The instructions this KVM runs together with the next one in one step
-    /// (`crate::merge_probe`); the loop executes them in the VMM instead.
+    /// (`crate::host::merge_probe`); the loop executes them in the VMM instead.
     #[serde(default)]
-    pub merges: crate::merge_probe::StepMerges,
+    pub merges: crate::host::merge_probe::StepMerges,
     /// Whether user-mode (CPL3) code can be single-stepped; where not, the stepping loop
     /// stops clearly when the guest enters user mode (`probe_cpl3`).
     #[serde(default = "yes")]
@@ -124,7 +124,7 @@ pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
     }
     let semantics = StepSemantics {
         rearm_each_step: steps < STEPS_BEFORE_OUT,
-        merges: crate::merge_probe::probe(kvm)?,
+        merges: crate::host::merge_probe::probe(kvm)?,
         user_mode: probe_cpl3(kvm)?.is_ok(),
     };
     tracing::debug!(steps, ?semantics, "single-step probe");

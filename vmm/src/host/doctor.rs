@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::kvm_host::{self, RUN_REQUIREMENTS};
-use crate::pmu::{self, probe as pmu_probe};
-use crate::{host_kvm, step_probe};
+use crate::host::kvm::{self as kvm_host, RUN_REQUIREMENTS};
+use crate::host::{pmu_selftest, step_probe};
+use crate::run::pmu::probe as pmu_probe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +63,7 @@ fn hardware_virtualization() -> bool {
 /// Runs every check against the KVM device at `kvm_path`.
 pub fn diagnose(kvm_path: &Path) -> Diagnosis {
     let mut checks = Vec::new();
-    let module = host_kvm::kvm_module();
+    let module = kvm_host::kvm_module();
     let hw = hardware_virtualization();
     checks.push(check(
         "kvm module",
@@ -135,7 +135,7 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
             )),
             Err(e) => checks.push(check("single-step at CPL3", Status::Warn, e.to_string())),
         }
-        match crate::syscall_probe::probe(kvm) {
+        match crate::host::syscall_probe::probe(kvm) {
             Ok(Ok(())) => checks.push(check("user-mode SYSCALL", Status::Ok, "enters the guest kernel at CPL0")),
             Ok(Err(why)) => checks.push(check(
                 "user-mode SYSCALL",
@@ -223,7 +223,7 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
 const NO_KVM: &str = "not run: the KVM device does not open (see \"kvm device\")";
 
 /// Whether guest-only branch counting is exact here, and positions are reached again
-/// exactly through overflow + single-steps ([`pmu::selftest`]).
+/// exactly through overflow + single-steps ([`pmu_selftest`]).
 fn pmu_accuracy_check(kvm: Option<&kvm_ioctls::Kvm>, pmu: &pmu_probe::PmuProbe) -> Check {
     let (Some(event), None) = (&pmu.event, &pmu.error) else {
         return check("pmu accuracy", Status::Skip, "not measured: no counter");
@@ -231,7 +231,7 @@ fn pmu_accuracy_check(kvm: Option<&kvm_ioctls::Kvm>, pmu: &pmu_probe::PmuProbe) 
     let Some(kvm) = kvm else {
         return check("pmu accuracy", Status::Skip, NO_KVM);
     };
-    match pmu::selftest::run(kvm, event, 16) {
+    match pmu_selftest::run(kvm, event, 16) {
         Ok(r) if r.count_exact() => check(
             "pmu accuracy",
             Status::Ok,
@@ -262,11 +262,11 @@ fn emulated_convergence_check(kvm: Option<&kvm_ioctls::Kvm>) -> Check {
     let Some(kvm) = kvm else {
         return check(NAME, Status::Skip, NO_KVM);
     };
-    let maker = pmu::selftest::EmulatedMaker {
+    let maker = pmu_selftest::EmulatedMaker {
         max_skid: 20,
         seed: std::cell::Cell::new(0x5eed),
     };
-    match pmu::selftest::run_with(kvm, &maker, 8) {
+    match pmu_selftest::run_with(kvm, &maker, 8) {
         Ok(r) if r.count_exact() => check(
             NAME,
             Status::Ok,
