@@ -105,7 +105,7 @@ fn race_chaos_until_fail_keeps_a_failure_that_replays_five_times_out_of_five() {
     assert_eq!(names(&root), vec!["latest-trace".to_string(), name]);
     let header: Value =
         serde_json::from_slice(&std::fs::read(trace.join("header.json")).unwrap()).unwrap();
-    assert_eq!(header["clock"]["params"]["chaos_seed"], seed.to_string());
+    assert_eq!(header["clock"]["params"]["chaos"]["seed"], seed);
     assert!(
         err.contains(&format!("ttvm replay {}", trace.display())),
         "{err}"

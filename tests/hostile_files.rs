@@ -275,7 +275,7 @@ fn an_edited_close_record_is_damage_not_truth() {
     assert_fails(
         &dump(&v0),
         DAMAGED,
-        "format_version 0 with compat_version 1 is not a trace format (this ttvm reads formats 1 to 1)",
+        "format_version 0 with compat_version 2 is not a trace format (this ttvm reads formats 1 to 2)",
     );
 }
 

@@ -69,7 +69,7 @@ fn clock_pmu_without_a_pmu_fails_clearly_and_auto_falls_back_with_a_note() {
         .unwrap()
         .header()
         .clone();
-    assert_eq!(header.clock.name, "singlestep");
+    assert_eq!(header.clock.name(), "singlestep");
 
     // An explicit singlestep needs no note.
     let o = record_hello(&tmp.path().join("ss"), "singlestep");
@@ -95,12 +95,16 @@ fn a_trace_of_the_pmu_clock_is_refused_up_front_with_the_reason() {
     let path = trace.join("header.json");
     let mut header: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let recorded = header["clock"]["params"].clone();
     header["clock"]["name"] = "pmu".into();
-    header["clock"]["params"]["pmu_counter"] = "hardware".into();
-    header["clock"]["params"]["ns_per_tick"] = "100".into();
-    header["clock"]["params"]["pmu_skid"] = "1000".into();
-    header["clock"]["params"]["pmu_vendor"] = "CyrixInstead".into();
-    header["clock"]["params"]["pmu_event"] = "0x99".into();
+    header["clock"]["params"] = serde_json::json!({
+        "counter": {"kind": "hardware", "vendor": "CyrixInstead", "event": 0x99},
+        "ns_per_tick": 100,
+        "skid": 1000,
+        "tsc_base": recorded["tsc_base"],
+        "boot_wall_clock_ns": recorded["boot_wall_clock_ns"],
+        "kvm_module": recorded["kvm_module"],
+    });
     std::fs::write(&path, serde_json::to_vec_pretty(&header).unwrap()).unwrap();
     let o = run(&["replay", trace.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0));
@@ -231,8 +235,14 @@ fn the_pmu_clock_loop_records_and_replays_every_guest_without_tsc_reads_exactly(
         assert!(rec.stderr.contains(" ticks, "), "{name}: {}", rec.stderr);
         assert!(!rec.serial.is_empty(), "{name}: no output");
         let header = TraceReader::open(&trace).unwrap().header().clone();
-        assert_eq!(header.clock.name, "pmu", "{name}");
-        assert_eq!(header.clock.params["pmu_counter"], "emulated", "{name}");
+        assert_eq!(header.clock.name(), "pmu", "{name}");
+        assert!(
+            matches!(
+                &header.clock.params,
+                ttvm_logs::ClockParams::Pmu(p) if p.counter == ttvm_logs::PmuCounter::Emulated
+            ),
+            "{name}"
+        );
         let (digest, asynchronous, exits) = digest_and_stops(&trace);
         assert!(exits >= 1, "{name}: no stop logged");
         if name == "race" {

@@ -382,3 +382,56 @@ fn replay_defaults_to_the_latest_trace() {
         stdout(&o)
     );
 }
+
+/// Rewrites a trace's header as format 1 wrote it: versions 1, every clock parameter a
+/// string in a flat map.
+fn downgrade_to_format_1(trace: &Path) {
+    let path = trace.join("header.json");
+    let mut header: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    header["format_version"] = 1.into();
+    header["compat_version"] = 1.into();
+    let typed = header["clock"]["params"].as_object().unwrap().clone();
+    let mut flat = serde_json::Map::new();
+    for (key, value) in typed {
+        let text = match (key.as_str(), value) {
+            ("step_merges", serde_json::Value::Array(names)) => names
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            ("chaos", chaos) => {
+                flat.insert("chaos_seed".into(), chaos["seed"].to_string().into());
+                chaos["perturbed"].as_str().unwrap().to_string()
+            }
+            (_, serde_json::Value::String(s)) => s,
+            (_, other) => other.to_string(),
+        };
+        flat.insert(key, text.into());
+    }
+    header["clock"]["params"] = flat.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&header).unwrap()).unwrap();
+}
+
+#[test]
+fn a_trace_written_in_format_1_still_replays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = record(tmp.path(), "timer", "timer", &[]);
+    downgrade_to_format_1(&rec.dir);
+    let text = std::fs::read_to_string(rec.dir.join("header.json")).unwrap();
+    assert!(text.contains("\"ns_per_step\": \"100\""), "{text}");
+    assert_replays_exactly(tmp.path(), &rec, 1);
+
+    // A format-1 header whose clock cannot be read is refused with the reason.
+    let edited = text.replace("\"ns_per_step\": \"100\"", "\"ns_per_step\": \"fast\"");
+    std::fs::write(rec.dir.join("header.json"), edited).unwrap();
+    let o = run(&["replay", rec.dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "(format 1, from an older ttvm): the clock parameter \"ns_per_step\" is not a number"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -118,7 +118,7 @@ impl MonitorCmd for DebugTarget {
                     "checkpoints in the trace: {}",
                     t.trace_checkpoints().len()
                 );
-                outputln!(out, "clock: {}", header.clock.name);
+                outputln!(out, "clock: {}", header.clock.name());
                 outputln!(out, "now at position {}", t.position());
             }
             ["help"] | [] => outputln!(out, "{HELP}"),

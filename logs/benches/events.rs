@@ -57,7 +57,6 @@ fn meta() -> TraceMeta {
         guest_name: "bench".into(),
         ttvm_version: env!("CARGO_PKG_VERSION").into(),
         clock: ClockInfo {
-            name: "singlestep".into(),
             semantics: "synthetic".into(),
             params: Default::default(),
         },

@@ -20,7 +20,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpuid: Vec::new(),
         },
         clock: ClockInfo {
-            name: "singlestep".into(),
             semantics: "guest instructions retired (single-step count)".into(),
             params: Default::default(),
         },

@@ -6,6 +6,10 @@
 //! refuses a trace whose `compat_version` is above its own `FORMAT_VERSION`. Fields added
 //! later must be optional (`#[serde(default)]`) so older traces keep parsing; readers
 //! ignore fields they do not know.
+//!
+//! Format 2 (this one) types the clock parameters ([`crate::clock`]); format 1 wrote them
+//! as a string map. A format-1 header is upgraded when it is read, so its trace replays.
+use crate::clock::{self, ClockInfo};
 use crate::event::{EndReason, EventKind};
 use crate::files::{self, FileError};
 use crate::fsutil;
@@ -15,9 +19,10 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// The trace format version this ttvm writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
-/// The oldest reader format that can read traces this ttvm writes.
-pub const COMPAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest reader format that can read traces this ttvm writes (format-1 readers
+/// expect the clock parameters as strings).
+pub const COMPAT_VERSION: u32 = 2;
 /// Name of the header file inside a trace directory.
 pub const HEADER_FILE: &str = "header.json";
 /// Largest `header.json` a reader accepts. A header is a few KiB (the CPUID template is
@@ -62,6 +67,16 @@ pub enum HeaderError {
         format: u32,
         /// The minimum reader format it claims to need.
         compat: u32,
+    },
+    /// A format-1 header whose clock cannot be read as format 2.
+    #[error(
+        "cannot read the clock of trace header {path} (format 1, from an older ttvm): {detail}"
+    )]
+    OldClock {
+        /// The header file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        detail: String,
     },
     /// The trace needs a newer reader.
     #[error("trace made by a newer ttvm (format {format}); upgrade ttvm to read it ({path} needs reader format {compat}, this ttvm reads formats 1 to {FORMAT_VERSION})")]
@@ -123,18 +138,6 @@ pub fn format_rfc3339(unix_seconds: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-/// The position clock of a trace and what its counts mean.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ClockInfo {
-    /// `"singlestep"` or `"pmu"`.
-    pub name: String,
-    /// Free text: what one count is (event code, stepping quirks...).
-    pub semantics: String,
-    /// Clock parameters (PMU event code, skid allowance...).
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
 }
 
 /// One CPUID leaf as given to the guest.
@@ -361,6 +364,18 @@ impl TraceHeader {
                 compat,
             });
         }
+        let mut value = value;
+        if format == 1 {
+            if let Some(clock) = value.get_mut("clock") {
+                clock::upgrade_v1(clock).map_err(|detail| HeaderError::OldClock {
+                    path: path.to_path_buf(),
+                    detail,
+                })?;
+            }
+            // Read as what it now is: a rewrite of this header writes format 2.
+            value["format_version"] = FORMAT_VERSION.into();
+            value["compat_version"] = COMPAT_VERSION.into();
+        }
         serde_json::from_value(value).map_err(|source| HeaderError::Parse {
             path: path.to_path_buf(),
             source,
@@ -423,9 +438,10 @@ mod tests {
         let bytes = serde_json::to_vec(&v).unwrap();
         let err = TraceHeader::parse(Path::new("h"), &bytes).unwrap_err();
         assert!(matches!(err, HeaderError::NewerFormat { .. }));
-        assert!(err
-            .to_string()
-            .starts_with("trace made by a newer ttvm (format 6); upgrade ttvm to read it"));
+        assert!(err.to_string().starts_with(&format!(
+            "trace made by a newer ttvm (format {}); upgrade ttvm to read it",
+            FORMAT_VERSION + 5
+        )));
     }
 
     #[test]
@@ -440,12 +456,63 @@ mod tests {
             assert!(matches!(err, HeaderError::BadVersion { .. }), "{err}");
             assert_eq!(
                 err.to_string(),
-                format!("corrupt trace header h: format_version {format} with compat_version {compat} is not a trace format (this ttvm reads formats 1 to 1)")
+                format!("corrupt trace header h: format_version {format} with compat_version {compat} is not a trace format (this ttvm reads formats 1 to 2)")
             );
         }
         // A newer writer whose traces older readers can read is fine.
         let mut v = serde_json::to_value(&h).unwrap();
         v["format_version"] = serde_json::json!(FORMAT_VERSION + 1);
         assert!(TraceHeader::parse(Path::new("h"), &serde_json::to_vec(&v).unwrap()).is_ok());
+    }
+    /// A header as format 1 wrote it: clock parameters as strings.
+    fn v1_header() -> serde_json::Value {
+        let h = TraceHeader::new(&TraceMeta::default(), GuestImageInfo::default());
+        let mut v = serde_json::to_value(&h).unwrap();
+        v["format_version"] = 1.into();
+        v["compat_version"] = 1.into();
+        v["clock"] = serde_json::json!({
+            "name": "singlestep",
+            "semantics": "positions count KVM_GUESTDBG_SINGLESTEP steps",
+            "params": {
+                "ns_per_step": "100", "tsc_base": "123", "boot_wall_clock_ns": "456",
+                "kvm_module": "kvm_pvm", "step_rearm": "false", "step_merges": "lfence"
+            }
+        });
+        v
+    }
+
+    #[test]
+    fn a_format_1_header_is_read_with_typed_clock_parameters() {
+        let bytes = serde_json::to_vec(&v1_header()).unwrap();
+        let h = TraceHeader::parse(Path::new("h"), &bytes).unwrap();
+        assert_eq!(h.format_version, FORMAT_VERSION);
+        let crate::ClockParams::Singlestep(p) = &h.clock.params else {
+            panic!("{:?}", h.clock)
+        };
+        assert_eq!(
+            (p.ns_per_step, p.tsc_base, p.boot_wall_clock_ns),
+            (100, 123, 456)
+        );
+        assert_eq!(p.kvm_module, "kvm_pvm");
+        assert_eq!(p.step_merges, Some(vec!["lfence".to_string()]));
+    }
+
+    #[test]
+    fn a_format_1_header_with_a_bad_clock_is_refused_with_the_reason() {
+        let mut v = v1_header();
+        v["clock"]["params"]["ns_per_step"] = "soon".into();
+        let err = TraceHeader::parse(Path::new("h"), &serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, HeaderError::OldClock { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "cannot read the clock of trace header h (format 1, from an older ttvm): the clock \
+             parameter \"ns_per_step\" is not a number"
+        );
+    }
+
+    #[test]
+    fn format_1_readers_are_refused_by_new_traces() {
+        let h = TraceHeader::new(&TraceMeta::default(), GuestImageInfo::default());
+        assert_eq!((h.format_version, h.compat_version), (2, 2));
     }
 }

@@ -49,7 +49,7 @@
 pub mod archive;
 pub mod checkpoint;
 pub mod chunk;
-pub mod clock_params;
+pub mod clock;
 pub mod close;
 pub mod codec;
 pub mod event;
@@ -63,11 +63,15 @@ pub mod stream;
 pub mod writer;
 
 pub use checkpoint::{CheckpointError, CheckpointId, CheckpointInfo};
+pub use clock::{
+    ChaosParams, ClockInfo, ClockParams, PmuCounter, PmuParams, SinglestepParams, PMU_CLOCK,
+    SINGLESTEP_CLOCK,
+};
 pub use event::{EndReason, Event, EventKind, EventRecord};
 pub use files::FileError;
 pub use header::{
-    ClockInfo, CloseRecord, CpuidEntry, GuestImageInfo, HeaderError, HostInfo, MachineConfig,
-    Timestamp, TraceHeader, TraceMeta, COMPAT_VERSION, FORMAT_VERSION,
+    CloseRecord, CpuidEntry, GuestImageInfo, HeaderError, HostInfo, MachineConfig, Timestamp,
+    TraceHeader, TraceMeta, COMPAT_VERSION, FORMAT_VERSION,
 };
 pub use location::{
     default_trace_root, resolve_trace, LocationError, TraceLocation, LATEST_LINK, TRACE_DIR_ENV,

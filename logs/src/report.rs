@@ -128,12 +128,8 @@ pub fn describe_trace(dir: &Path) -> TraceListing {
     row.created = Some(h.created.rfc3339.clone());
     row.created_unix = Some(h.created.unix_seconds);
     row.guest = Some(h.guest_name.clone());
-    row.clock = Some(h.clock.name.clone());
-    row.chaos_seed = h
-        .clock
-        .params
-        .get(crate::clock_params::CHAOS_SEED)
-        .and_then(|seed| seed.parse().ok());
+    row.clock = Some(h.clock.name().to_string());
+    row.chaos_seed = h.clock.chaos_seed();
     row.events = Some(reader.event_count());
     if let Some(close) = h.close.as_ref().filter(|_| reader.is_complete()) {
         row.duration_nanos = Some(close.duration_nanos);

@@ -229,7 +229,7 @@ fn format_version_zero_is_refused_with_the_supported_range() {
     assert_eq!(
         err.to_string(),
         format!(
-            "corrupt trace header {}: format_version 0 with compat_version 1 is not a trace format (this ttvm reads formats 1 to 1)",
+            "corrupt trace header {}: format_version 0 with compat_version 2 is not a trace format (this ttvm reads formats 1 to 2)",
             dir.join(HEADER_FILE).display()
         )
     );

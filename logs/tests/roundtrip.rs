@@ -138,7 +138,7 @@ fn header_image_checkpoints_and_close() {
     let h = r.header();
     assert_eq!(h.format_version, FORMAT_VERSION);
     assert_eq!(h.machine, meta().machine);
-    assert_eq!(h.clock.name, "singlestep");
+    assert_eq!(h.clock.name(), "singlestep");
     assert_eq!(h.guest_image.size, IMAGE.len() as u64);
     let close = h.close.clone().unwrap();
     assert_eq!(close.event_count, 5001);

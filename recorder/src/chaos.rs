@@ -30,9 +30,7 @@
 //! written out here so that a seed means the same run on every machine and ttvm version
 //! that keeps this file's rules.
 
-use std::collections::BTreeMap;
-
-use ttvm_logs::clock_params::{CHAOS, CHAOS_SEED};
+use ttvm_logs::{ChaosParams, ClockInfo, ClockParams};
 use ttvm_vmm::machine::digest::RegSnapshot;
 use ttvm_vmm::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, Stop, TimeConfig};
 use ttvm_vmm::{Machine, RunEnd, SerialPoll};
@@ -149,9 +147,13 @@ impl ChaosPlan {
     }
 
     /// Adds the seed and the description to the header's clock parameters.
-    pub fn annotate(&self, params: &mut BTreeMap<String, String>) {
-        params.insert(CHAOS_SEED.to_string(), self.seed.to_string());
-        params.insert(CHAOS.to_string(), self.describe());
+    pub fn annotate(&self, clock: &mut ClockInfo) {
+        if let ClockParams::Singlestep(params) = &mut clock.params {
+            params.chaos = Some(ChaosParams {
+                seed: self.seed,
+                perturbed: self.describe(),
+            });
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use ttvm_vmm::run::singlestep::{BootFacts, HostValueKind, Position, StepDriver, 
 use ttvm_vmm::{Machine, RunEnd, SerialPoll};
 
 use crate::checkpoints::{CheckpointError, CheckpointEvery, Checkpointer};
-use crate::convert::end_reason;
+use ttvm_boundary::end_reason;
 
 /// How often (in steps) the driver looks at the wall clock for flushing and progress:
 /// about every 8 ms at this host's 7.5 us per step, well inside the 100 ms flush rule.

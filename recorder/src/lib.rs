@@ -4,7 +4,6 @@
 pub mod chaos;
 pub mod checkpoints;
 pub mod clock_choice;
-pub mod convert;
 pub mod driver;
 mod ticked;
 
@@ -15,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ttvm_logs::{
-    ClockInfo, CloseInfo, EndReason, Event, EventRecord, HostInfo, LocationError,
-    MachineConfig as TraceMachine, TraceLocation, TraceMeta, TraceWriter, WriteError,
+    ClockInfo, CloseInfo, EndReason, Event, EventRecord, LocationError, TraceLocation, TraceMeta,
+    TraceWriter, WriteError,
 };
 use ttvm_vmm::host::kvm as host_kvm;
 use ttvm_vmm::machine::devices::serial::SerialOutput;
@@ -89,18 +88,7 @@ impl Recording {
 
 /// The trace header's description of this recording.
 pub(crate) fn trace_meta(opts: &RecordOptions, machine: &Machine, clock: ClockInfo) -> TraceMeta {
-    TraceMeta {
-        guest_name: opts.guest_name.clone(),
-        ttvm_version: env!("CARGO_PKG_VERSION").to_string(),
-        machine: TraceMachine {
-            mem_bytes: opts.machine.mem_bytes,
-            cmdline: opts.machine.cmdline.clone(),
-            cpuid: convert::trace_cpuid(machine.cpuid()),
-        },
-        clock,
-        host: HostInfo::detect(),
-        guest_image_name: opts.image_name.clone(),
-    }
+    ttvm_boundary::trace_meta(&opts.guest_name, &opts.image_name, machine, clock)
 }
 
 /// A VMM failure is still an end worth keeping: closes the trace with it.
@@ -135,7 +123,7 @@ pub(crate) fn end_reason_logged(
     position: u64,
 ) -> Result<EndReason, WriteError> {
     Ok(match end {
-        Some(end) => convert::end_reason(end),
+        Some(end) => ttvm_boundary::end_reason(end),
         None => {
             let reason = EndReason::Interrupted;
             writer.push(EventRecord {
@@ -171,14 +159,11 @@ pub fn record(
     };
     let kvm_module = host_kvm::kvm_module();
     let semantics = machine.probe_step_semantics().map_err(MachineError::from)?;
-    let mut meta = trace_meta(
-        &opts,
-        &machine,
-        convert::singlestep_clock(time, facts, &kvm_module, semantics),
-    );
+    let mut clock = ttvm_boundary::clock::singlestep_clock(time, facts, &kvm_module, semantics);
     if let Some(plan) = &plan {
-        plan.annotate(&mut meta.clock.params);
+        plan.annotate(&mut clock);
     }
+    let meta = trace_meta(&opts, &machine, clock);
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
     if let Some(initrd) = &opts.machine.initrd {
         writer.embed_initrd(&initrd.name, &initrd.bytes)?;

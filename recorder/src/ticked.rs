@@ -22,12 +22,13 @@ use ttvm_vmm::run::singlestep::{StepDriver, Stop};
 use ttvm_vmm::{Machine, SerialSource};
 
 use crate::checkpoints::{CheckpointEvery, CheckpointStats};
-use crate::convert::{self, PmuCounterInfo};
 use crate::driver::RecordingDriver;
 use crate::{
     close_after_vmm_error, end_reason_logged, trace_meta, RecordClock, RecordError, RecordOptions,
     Recording,
 };
+use ttvm_boundary::clock::{hardware_counter, pmu_clock};
+use ttvm_logs::PmuCounter;
 
 impl TickDriver for RecordingDriver<'_> {
     fn stop_at(
@@ -93,13 +94,11 @@ pub(crate) fn record(
     let (mut counter, counter_info): (Box<dyn BranchCounter>, _) = match &opts.clock {
         RecordClock::Pmu(event) => {
             let state = PerfState::new(PerfBranchCounter::open(event)?);
-            let info = PmuCounterInfo::hardware(event, state.margin());
-            (Box::new(state), info)
+            (Box::new(state), hardware_counter(event))
         }
         RecordClock::PmuEmulated { max_skid, seed } => {
             let counter = EmulatedCounter::new(*max_skid, *seed);
-            let info = PmuCounterInfo::emulated(counter.margin());
-            (Box::new(counter), info)
+            (Box::new(counter), PmuCounter::Emulated)
         }
         RecordClock::Singlestep => unreachable!("the single-step clock records elsewhere"),
     };
@@ -108,7 +107,8 @@ pub(crate) fn record(
     let time = TickTime {
         ns_per_tick: opts.time.ns_per_step,
     };
-    let clock = convert::pmu_clock(time, facts, &host_kvm::kvm_module(), &counter_info);
+    let margin = counter.margin();
+    let clock = pmu_clock(time, facts, &host_kvm::kvm_module(), counter_info, margin);
     let meta = trace_meta(&opts, &machine, clock);
     let mut writer = TraceWriter::create(&opts.location, &meta, image)?;
     if let Some(initrd) = &opts.machine.initrd {

@@ -242,21 +242,7 @@ impl ReplayDriver {
 }
 
 fn same_end(recorded: &EndReason, actual: &RunEnd) -> bool {
-    ttvm_logs_end(actual) == *recorded
-}
-
-/// The trace's form of a machine end.
-pub fn ttvm_logs_end(end: &RunEnd) -> EndReason {
-    match end {
-        RunEnd::GuestExit { status } => EndReason::GuestExit { status: *status },
-        RunEnd::TripleFault { rip } => EndReason::TripleFault { rip: *rip },
-        RunEnd::HaltedForGood { rip, .. } => EndReason::HaltedForGood { rip: *rip },
-        RunEnd::Reset { .. } => EndReason::Reset,
-        RunEnd::EmulationError { rip, detail, .. } => EndReason::EmulationError {
-            rip: *rip,
-            detail: detail.clone(),
-        },
-    }
+    ttvm_boundary::end_reason(actual) == *recorded
 }
 
 impl StepDriver for ReplayDriver {

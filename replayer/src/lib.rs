@@ -16,15 +16,15 @@ use std::time::Duration;
 use serde::Serialize;
 use ttvm_logs::{ReadError, TraceHeader, TraceReader};
 use ttvm_vmm::host::kvm as host_kvm;
-use ttvm_vmm::machine::cpuid::CpuidEntry;
 use ttvm_vmm::machine::devices::serial::SerialOutput;
 use ttvm_vmm::run::singlestep::{BootFacts, Position, SteppedError, TimeConfig};
-use ttvm_vmm::{Initrd, Machine, MachineConfig, MachineError, RunEnd};
+use ttvm_vmm::{Initrd, Machine, MachineError, RunEnd};
 
 pub use divergence::Divergence;
 use driver::{DriverError, ReplayDriver, StopCause};
 
-use ttvm_logs::clock_params;
+use ttvm_boundary::clock::{same_merges, singlestep_time};
+use ttvm_logs::{ClockParams, PmuCounter, SinglestepParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -98,33 +98,13 @@ impl Replay {
     }
 }
 
-pub(crate) fn param<T: std::str::FromStr>(
-    header: &TraceHeader,
-    key: &str,
-) -> Result<T, ReplayError> {
-    header
-        .clock
-        .params
-        .get(key)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            ReplayError::Unsupported(format!(
-                "the trace header lacks a valid clock parameter {key:?}"
-            ))
-        })
-}
-
 /// Why a trace of the performance-counter clock cannot be replayed here: the counter's
 /// semantics (vendor, event) must be reproducible on this host first.
-pub(crate) fn pmu_refusal(header: &TraceHeader) -> String {
-    use clock_params::*;
-    let params = &header.clock.params;
-    let vendor = params
-        .get(PMU_VENDOR)
-        .map_or("an unknown vendor", String::as_str);
-    let event = params
-        .get(PMU_EVENT)
-        .map_or("an unknown event", String::as_str);
+pub(crate) fn pmu_refusal(counter: &PmuCounter) -> String {
+    let (vendor, event) = match counter {
+        PmuCounter::Hardware { vendor, event } => (vendor.as_str(), format!("{event:#x}")),
+        PmuCounter::Emulated => ("ttvm", "software".to_string()),
+    };
     let recorded = format!("it was recorded with the pmu clock (event {event} on {vendor})");
     let probe = ttvm_vmm::run::pmu::probe::probe();
     match (&probe.event, &probe.error) {
@@ -153,37 +133,29 @@ fn no_seeking_in_pmu_traces() -> ReplayError {
     )
 }
 
-/// Checks that this host can reproduce the trace's clock (for the single-step loop and
-/// seeking); returns its time settings.
-pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), ReplayError> {
-    use clock_params::*;
-    if header.clock.name == PMU_CLOCK {
-        return Err(no_seeking_in_pmu_traces());
-    }
-    if header.clock.name != SINGLESTEP_CLOCK {
-        return Err(ReplayError::Unsupported(format!(
-            "it was recorded with the {:?} clock; this ttvm replays {SINGLESTEP_CLOCK:?} traces",
-            header.clock.name
-        )));
-    }
-    let recorded_kvm: String = param(header, KVM_MODULE)?;
+/// The single-step clock's parameters of `header`, if this host can reproduce that clock
+/// (for the single-step loop and seeking).
+fn singlestep_params(header: &TraceHeader) -> Result<&SinglestepParams, ReplayError> {
+    let params = match &header.clock.params {
+        ClockParams::Pmu(_) => return Err(no_seeking_in_pmu_traces()),
+        ClockParams::Singlestep(params) => params,
+    };
+    let recorded_kvm = &params.kvm_module;
     let here = host_kvm::kvm_module();
-    if recorded_kvm != here {
+    if *recorded_kvm != here {
         return Err(ReplayError::Unsupported(format!(
             "it was recorded on {recorded_kvm} and this host runs {here}: single-step positions \
              differ between KVM implementations (rep-string granularity, interrupt-entry step), \
              so the replay could not follow the recording"
         )));
     }
-    Ok((
-        TimeConfig {
-            ns_per_step: param(header, NS_PER_STEP)?,
-        },
-        BootFacts {
-            wall_clock_ns: param(header, WALL_CLOCK)?,
-            tsc_base: param(header, TSC_BASE)?,
-        },
-    ))
+    Ok(params)
+}
+
+/// Checks that this host can reproduce the trace's clock (for the single-step loop and
+/// seeking); returns its time settings.
+pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), ReplayError> {
+    Ok(singlestep_time(singlestep_params(header)?))
 }
 
 /// Opens `trace` for replay: a trace whose close record contradicts its events is
@@ -220,20 +192,6 @@ pub(crate) fn machine_for(
 ) -> Result<Machine, ReplayError> {
     let header = reader.header();
     let image = reader.guest_image()?;
-    let cpuid = header
-        .machine
-        .cpuid
-        .iter()
-        .map(|e| CpuidEntry {
-            function: e.function,
-            index: e.index,
-            flags: e.flags,
-            eax: e.eax,
-            ebx: e.ebx,
-            ecx: e.ecx,
-            edx: e.edx,
-        })
-        .collect();
     let initrd = reader.initrd()?.map(|bytes| Initrd {
         name: header
             .initrd
@@ -241,37 +199,37 @@ pub(crate) fn machine_for(
             .map_or_else(String::new, |i| i.name.clone()),
         bytes: bytes.into(),
     });
-    let config = MachineConfig {
-        mem_bytes: header.machine.mem_bytes,
-        cmdline: header.machine.cmdline.clone(),
-        cpuid: Some(cpuid),
-        initrd,
-        ..MachineConfig::default()
-    };
+    let config = ttvm_boundary::machine_config(header, initrd);
     Ok(Machine::new(config, &image, serial_out)?)
 }
 
 fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(), ReplayError> {
     // Same KVM module but different stepping behaviour (another kernel version, other
     // module parameters): positions would not line up either.
-    if let Some(recorded) = header.clock.params.get(clock_params::STEP_REARM) {
+    let ClockParams::Singlestep(params) = &header.clock.params else {
+        return Ok(());
+    };
+    if let Some(recorded) = params.step_rearm {
         let here = machine
             .probe_step_semantics()
             .map_err(MachineError::from)?
-            .rearm_each_step
-            .to_string();
+            .rearm_each_step;
         let merges_here = machine
             .probe_step_semantics()
             .map_err(MachineError::from)?
             .merges;
-        let merges_recorded = header.clock.params.get(clock_params::STEP_MERGES);
-        if merges_recorded.map(|m| m.as_str()) != Some(merges_here.names().as_str())
-            && !(merges_recorded.is_none() && merges_here.is_empty())
-        {
+        let merges_recorded = params.step_merges.as_ref().map(|m| m.join(","));
+        let same = match &params.step_merges {
+            Some(recorded) => same_merges(recorded, &merges_here.names()),
+            None => merges_here.is_empty(),
+        };
+        if !same {
             return Err(ReplayError::Unsupported(format!(
                 "it was recorded on a KVM that runs [{}] together with the next instruction \
                  in one single step, and this one runs [{}] so: positions would not line up{}",
-                merges_recorded.map_or("unknown (an older ttvm)", |m| m.as_str()),
+                merges_recorded
+                    .as_deref()
+                    .unwrap_or("unknown (an older ttvm)"),
                 merges_here.names(),
                 if merges_recorded.is_none() {
                     "; re-record it with this ttvm"
@@ -280,20 +238,12 @@ fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(
                 }
             )));
         }
-        if *recorded != here {
+        if recorded != here {
             return Err(ReplayError::Unsupported(format!(
                 "it was recorded on a KVM whose single-step {} re-arming before every step, \
                  and this one {}: positions would not line up",
-                if recorded == "true" {
-                    "needed"
-                } else {
-                    "did not need"
-                },
-                if here == "true" {
-                    "needs it"
-                } else {
-                    "does not"
-                },
+                if recorded { "needed" } else { "did not need" },
+                if here { "needs it" } else { "does not" },
             )));
         }
     }

@@ -7,19 +7,19 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use ttvm_logs::clock_params;
-use ttvm_logs::{EndReason, Event, TraceHeader, TraceReader};
+use ttvm_boundary::clock::pmu_time;
+use ttvm_logs::{ClockParams, EndReason, Event, PmuCounter, PmuParams, TraceHeader, TraceReader};
 use ttvm_vmm::host::kvm as host_kvm;
 use ttvm_vmm::machine::devices::serial::SerialOutput;
 use ttvm_vmm::run::pmu::emulated::EmulatedCounter;
 use ttvm_vmm::run::pmu::kvm::PerfState;
 use ttvm_vmm::run::pmu::perf::PerfBranchCounter;
-use ttvm_vmm::run::pmu::ticked::{RunPlan, TickDriver, TickTime, TickedError};
+use ttvm_vmm::run::pmu::ticked::{RunPlan, TickDriver, TickedError};
 use ttvm_vmm::run::pmu::{BranchCounter, TickPosition};
-use ttvm_vmm::run::singlestep::{BootFacts, Stop};
+use ttvm_vmm::run::singlestep::Stop;
 
 use crate::driver::{DriverError, ReplayDriver, StopCause};
-use crate::{driver_error, machine_for, param, pmu_refusal, Replay, ReplayError, ReplayResult};
+use crate::{driver_error, machine_for, pmu_refusal, Replay, ReplayError, ReplayResult};
 
 impl TickDriver for ReplayDriver {
     fn stop_at(
@@ -114,48 +114,37 @@ const PMU_DIVERGENCE_HINT: &str = "this trace uses the pmu clock, under which th
     CPUID itself, as PVM does, ignoring the table that hides them). Record such a guest with \
     --clock singlestep";
 
-/// The counter and time settings a pmu-clock trace needs, if this host can give them.
-fn counter_for(header: &TraceHeader) -> Result<(Box<dyn BranchCounter>, TickTime), ReplayError> {
-    use clock_params::*;
-    let counter: String = param(header, PMU_COUNTER)?;
-    let margin: u64 = param(header, PMU_SKID)?;
-    let time = TickTime {
-        ns_per_tick: param(header, NS_PER_TICK)?,
-    };
-    match counter.as_str() {
-        PMU_COUNTER_EMULATED => {
+/// The counter a pmu-clock trace needs, if this host can give it.
+fn counter_for(params: &PmuParams) -> Result<Box<dyn BranchCounter>, ReplayError> {
+    match &params.counter {
+        PmuCounter::Emulated => {
             // The software counter single-steps: its positions depend on the KVM.
-            let recorded_kvm: String = param(header, KVM_MODULE)?;
+            let recorded_kvm = &params.kvm_module;
             let here = host_kvm::kvm_module();
-            if recorded_kvm != here {
+            if *recorded_kvm != here {
                 return Err(ReplayError::Unsupported(format!(
                     "it was recorded with the emulated branch counter on {recorded_kvm}, and \
                      this host runs {here}: the counter single-steps, and single steps differ \
                      between KVM implementations"
                 )));
             }
-            let max_skid = margin.saturating_sub(1);
-            Ok((Box::new(EmulatedCounter::new(max_skid, 0x7e91a7)), time))
+            let max_skid = params.skid.saturating_sub(1);
+            Ok(Box::new(EmulatedCounter::new(max_skid, 0x7e91a7)))
         }
-        PMU_COUNTER_HARDWARE => {
+        PmuCounter::Hardware { vendor, event } => {
             let probe = ttvm_vmm::run::pmu::probe::probe();
-            let vendor: String = param(header, PMU_VENDOR)?;
-            let event: String = param(header, PMU_EVENT)?;
             match probe.event.filter(|_| probe.error.is_none()) {
-                Some(here) if here.vendor == vendor && format!("{:#x}", here.config) == event => {
+                Some(here) if here.vendor == *vendor && here.config == *event => {
                     let opened = PerfBranchCounter::open(&here).map_err(|e| {
                         ReplayError::Unsupported(format!(
                             "cannot open the guest branch counter: {e}"
                         ))
                     })?;
-                    Ok((Box::new(PerfState::new(opened)), time))
+                    Ok(Box::new(PerfState::new(opened)))
                 }
-                _ => Err(ReplayError::Unsupported(pmu_refusal(header))),
+                _ => Err(ReplayError::Unsupported(pmu_refusal(&params.counter))),
             }
         }
-        other => Err(ReplayError::Unsupported(format!(
-            "it was recorded with a branch counter this ttvm does not know ({other:?})"
-        ))),
     }
 }
 
@@ -167,13 +156,13 @@ pub(crate) fn replay(
     stop: Arc<AtomicBool>,
     progress: bool,
 ) -> Result<Replay, ReplayError> {
-    use clock_params::*;
-    let header = reader.header();
-    let (mut counter, time) = counter_for(header)?;
-    let facts = BootFacts {
-        wall_clock_ns: param(header, WALL_CLOCK)?,
-        tsc_base: param(header, TSC_BASE)?,
+    let ClockParams::Pmu(params) = &reader.header().clock.params else {
+        return Err(ReplayError::Unsupported(
+            "it is not a pmu-clock trace".to_string(),
+        ));
     };
+    let mut counter = counter_for(params)?;
+    let (time, facts) = pmu_time(params);
     let mut machine = machine_for(&reader, serial_out)?;
     let mut driver = ReplayDriver::new(reader, facts, stop).map_err(driver_error)?;
     if progress {
@@ -213,5 +202,5 @@ pub(crate) fn replay(
 
 /// Whether `header` is a pmu-clock trace.
 pub(crate) fn is_pmu(header: &TraceHeader) -> bool {
-    header.clock.name == clock_params::PMU_CLOCK
+    matches!(header.clock.params, ClockParams::Pmu(_))
 }

@@ -18,7 +18,6 @@ pub fn meta() -> TraceMeta {
             }],
         },
         clock: ClockInfo {
-            name: "singlestep".into(),
             semantics: "guest instructions retired, counted by single-stepping".into(),
             params: Default::default(),
         },
