@@ -13,14 +13,17 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
 /// A KVM exit, owned (no borrow of the `kvm_run` page), so handlers and tests can use it
-/// freely. `IoIn` and `MmioRead` must be answered with `complete_io_in` /
-/// `complete_mmio_read` before the next run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// freely. `IoIn` and `MmioRead` must be answered with [`Vcpu::complete_io_in`] /
+/// [`Vcpu::complete_mmio_read`] before the next run; `IoIn` carries the [`PendingIoIn`]
+/// that answering it takes.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
     IoIn {
         port: u16,
         size: u8,
         count: u32,
+        /// The answer KVM waits for: only [`Vcpu::complete_io_in`] takes it.
+        pending: PendingIoIn,
     },
     IoOut {
         port: u16,
@@ -60,8 +63,24 @@ pub enum Exit {
     Other(String),
 }
 
+/// A port read (KVM_EXIT_IO, direction in) that KVM waits to have answered: where the data
+/// goes in the `kvm_run` mapping and how much. Only [`Vcpu::run`] makes one, for the exit
+/// it just returned, and [`Vcpu::complete_io_in`] consumes it; it cannot be copied, so a
+/// read is answered at most once, and an answer after a later run is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PendingIoIn {
+    /// The number of the exit this read is (see `Vcpu::exits`).
+    exit: u64,
+    /// `kvm_run.io.data_offset`: where KVM takes the data from, within the mapping.
+    data_offset: usize,
+    /// `size * count` bytes.
+    len: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    #[error("a port read was answered after the vCPU ran again (exit {pending}, now {now})")]
+    StaleIoIn { pending: u64, now: u64 },
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
     #[error("KVM_INTERRUPT (vector {vector:#x}) failed: {source}")]
@@ -93,6 +112,8 @@ pub struct Vcpu {
     /// The guest-debug state last set (single-step, breakpoint), so it can be armed again
     /// after the VMM changes registers (real KVM keeps the trap only for the armed RIP).
     debug: std::cell::Cell<(bool, Option<u64>)>,
+    /// Exits returned by `run` so far; a [`PendingIoIn`] is valid only for the latest.
+    exits: u64,
 }
 
 impl Vcpu {
@@ -100,6 +121,7 @@ impl Vcpu {
         Vcpu {
             fd,
             debug: std::cell::Cell::new((false, None)),
+            exits: 0,
         }
     }
 
@@ -118,6 +140,8 @@ impl Vcpu {
 
     /// Runs the vCPU until the next exit.
     pub fn run(&mut self) -> Result<Exit, VcpuError> {
+        // Whatever KVM_RUN returns, a port read pending before it is stale now.
+        self.exits += 1;
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -130,6 +154,11 @@ impl Vcpu {
                 port,
                 size: 0,
                 count: data.len() as u32,
+                pending: PendingIoIn {
+                    exit: 0,
+                    data_offset: 0,
+                    len: 0,
+                },
             },
             VcpuExit::IoOut(port, data) => Exit::IoOut {
                 port,
@@ -176,6 +205,11 @@ impl Vcpu {
                     port,
                     size: io.size,
                     count: io.count,
+                    pending: PendingIoIn {
+                        exit: self.exits,
+                        data_offset: io.data_offset as usize,
+                        len: usize::from(io.size) * io.count as usize,
+                    },
                 }
             }
             Exit::IoOut { port, data, .. } => {
@@ -200,19 +234,27 @@ impl Vcpu {
         }
     }
 
-    /// Answers a pending `IoIn` exit with `data` (count * size bytes).
-    pub fn complete_io_in(&mut self, data: &[u8]) {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: called right after a KVM_EXIT_IO exit, so `io` is the active union field.
-        let io = unsafe { run.__bindgen_anon_1.io };
-        let len = (usize::from(io.size) * io.count as usize).min(data.len());
-        let base = run as *mut kvm_bindings::kvm_run as *mut u8;
-        // SAFETY: KVM places the I/O data at `data_offset` bytes into the kvm_run mapping,
-        // which is large enough for count * size bytes (the kernel guarantees it lies within
-        // the vCPU's mmap area); we write at most that many bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(io.data_offset as usize), len);
+    /// Answers the port read `pending` (from the latest exit) with `data` (count * size
+    /// bytes; fewer leave the rest as KVM had it).
+    pub fn complete_io_in(&mut self, pending: PendingIoIn, data: &[u8]) -> Result<(), VcpuError> {
+        if pending.exit != self.exits {
+            return Err(VcpuError::StaleIoIn {
+                pending: pending.exit,
+                now: self.exits,
+            });
         }
+        let len = pending.len.min(data.len());
+        let run = self.fd.get_kvm_run();
+        let base = run as *mut kvm_bindings::kvm_run as *mut u8;
+        // SAFETY: `pending` was made by `run` from this vCPU's KVM_EXIT_IO (only `run` makes
+        // one, and its exit number is the latest), whose `data_offset` and `size * count`
+        // the kernel guarantees to lie within this vCPU's kvm_run mapping, which lives as
+        // long as `self.fd`; we write at most `size * count` bytes there, from a slice of
+        // at least that many.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(pending.data_offset), len);
+        }
+        Ok(())
     }
 
     /// Answers a pending `MmioRead` exit.
@@ -339,5 +381,62 @@ impl Vcpu {
 
     pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
         self.fd.set_sregs(sregs).map_err(VcpuError::SetSregs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::step_probe::ScratchVm;
+
+    /// Real mode: `in al, 0x10; in al, 0x10; out 0x11, al; hlt`.
+    const TWO_READS: &[u8] = &[0xe4, 0x10, 0xe4, 0x10, 0xe6, 0x11, 0xf4];
+
+    fn read_exit(vcpu: &mut Vcpu) -> PendingIoIn {
+        match vcpu.run().unwrap() {
+            Exit::IoIn {
+                port: 0x10,
+                size: 1,
+                count: 1,
+                pending,
+            } => pending,
+            other => panic!("expected the port read, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_port_read_is_answered_by_its_own_exit_only() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let mut vm = ScratchVm::new(&kvm, TWO_READS).unwrap();
+        let first = read_exit(&mut vm.vcpu);
+        vm.vcpu.complete_io_in(first, &[0x5a]).unwrap();
+        let second = read_exit(&mut vm.vcpu);
+        // The vCPU runs again before the second read is answered: the answer is refused.
+        let exit = vm.vcpu.run().unwrap();
+        assert!(matches!(exit, Exit::IoOut { port: 0x11, .. }), "{exit:?}");
+        let err = vm.vcpu.complete_io_in(second, &[0xa5]).unwrap_err();
+        assert!(matches!(err, VcpuError::StaleIoIn { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_answer_is_what_the_guest_reads() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let mut vm = ScratchVm::new(&kvm, TWO_READS).unwrap();
+        for value in [0x5a, 0xc3] {
+            let pending = read_exit(&mut vm.vcpu);
+            vm.vcpu.complete_io_in(pending, &[value]).unwrap();
+        }
+        match vm.vcpu.run().unwrap() {
+            Exit::IoOut {
+                port: 0x11, data, ..
+            } => assert_eq!(data, vec![0xc3]),
+            other => panic!("expected the port write, got {other:?}"),
+        }
     }
 }

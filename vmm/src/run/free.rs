@@ -119,7 +119,12 @@ impl Machine {
     pub fn handle_exit(&mut self, exit: Exit) -> Result<Next, MachineError> {
         self.stats.exits += 1;
         match exit {
-            Exit::IoIn { port, size, count } => {
+            Exit::IoIn {
+                port,
+                size,
+                count,
+                pending,
+            } => {
                 self.stats.pio_exits += 1;
                 let mut ctx = self.device_ctx();
                 let total = usize::from(size) * count as usize;
@@ -128,7 +133,7 @@ impl Machine {
                     let offset = (i % usize::from(size.max(1))) as u16;
                     *byte = self.pio_read(port.wrapping_add(offset), &mut ctx);
                 }
-                self.vcpu.complete_io_in(&data);
+                self.vcpu.complete_io_in(pending, &data)?;
                 self.apply(ctx, Self::rip_or_zero);
             }
             Exit::IoOut { port, size, data } => {
