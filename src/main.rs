@@ -20,7 +20,7 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Boot a PVH guest and run it under KVM (nothing is recorded).
     Run(commands::run::RunArgs),
-    /// Record a guest's execution into a trace (single-step clock).
+    /// Record a guest's execution into a trace (the position clock: see --clock).
     Record(commands::record::RecordArgs),
     /// Replay a trace exactly (default: the latest).
     Replay(commands::replay::ReplayArgs),

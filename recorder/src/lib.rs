@@ -1,5 +1,6 @@
-//! `ttvm-recorder`: runs the machine under the single-step clock against the real world
-//! and writes a trace: every nondeterministic input with the exact position it arrived at.
+//! `ttvm-recorder`: runs the machine under a position clock (single-step, or the pmu
+//! clock in `ticked`) against the real world and writes a trace: every nondeterministic
+//! input with the exact position it arrived at.
 
 pub mod chaos;
 pub mod checkpoints;

@@ -1,4 +1,4 @@
-//! `ttvm record`: run a guest under the single-step clock and write a trace.
+//! `ttvm record`: run a guest under a position clock (`--clock`) and write a trace.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
