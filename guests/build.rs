@@ -10,7 +10,7 @@ use std::process::Command;
 /// Every guest: `c/<name>.c`, linked with the runtime.  Keep in sync with
 /// `NAMES` in src/lib.rs (a unit test checks).
 const GUESTS: &[&str] = &[
-    "hello", "timer", "echo", "entropy", "crash", "race", "rtc", "fences",
+    "hello", "timer", "echo", "entropy", "crash", "race", "rtc", "fences", "faults",
 ];
 
 /// The 32-bit guests: `c32/<name>.c`, linked with `runtime32/`.

@@ -127,6 +127,52 @@ fn every_guest_replays_three_times_identically() {
     }
 }
 
+/// Time-stamp reads inside exception handlers (#DE, #BP, #UD, #GP, #PF): every read is seen
+/// (on KVMs that single-step with the trap flag the loop stops at each handler's entry, and
+/// delivers software interrupts itself), the replays agree, and seeking twice to each read
+/// gives the same registers.
+#[test]
+fn time_stamp_reads_in_exception_handlers_are_seen_and_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = record(tmp.path(), "faults", "faults", &[]);
+    assert_eq!(rec.status, Some(0));
+    let text = String::from_utf8_lossy(&rec.serial).into_owned();
+    assert!(text.ends_with("faults: ok\n"), "{text}");
+    for what in ["#DE", "#BP", "#UD", "#PF"] {
+        let delta: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what}: +")))
+            .unwrap_or_else(|| panic!("no {what} line in {text}"))
+            .parse()
+            .unwrap();
+        assert!(delta < 100_000, "{what}: +{delta}");
+    }
+    assert_replays_exactly(tmp.path(), &rec, 2);
+    let mut reader = TraceReader::open(&rec.dir).unwrap();
+    let reads: Vec<u64> = reader
+        .events()
+        .filter_map(Result::ok)
+        .filter(|r| matches!(r.event, Event::Rdtsc { .. }))
+        .map(|r| r.position)
+        .collect();
+    assert!(reads.len() >= 10, "{} time-stamp reads", reads.len());
+    for &position in &reads[..10] {
+        let seek = |tag| {
+            let o = run(&[
+                "replay",
+                "--goto",
+                &(position + 1).to_string(),
+                "--json",
+                rec.dir.to_str().unwrap(),
+            ]);
+            let json: serde_json::Value = serde_json::from_slice(&o.stdout)
+                .unwrap_or_else(|e| panic!("{tag} {e}: {}", stderr(&o)));
+            json["registers"].clone()
+        };
+        assert_eq!(seek("first"), seek("second"), "position {}", position + 1);
+    }
+}
+
 /// Time-stamp reads right after instructions some KVMs merge with the next one in a single
 /// step (`lfence; rdtsc` on kvm_pvm): every read is seen and emulated (deltas of a few
 /// steps of virtual time, not the host TSC), the replays agree, and seeking twice to a

@@ -30,6 +30,7 @@ pub fn singlestep_clock(
             kvm_module: kvm_module.to_string(),
             step_rearm: Some(semantics.rearm_each_step),
             step_merges: Some(merge_names(&semantics.merges.names())),
+            step_exception_breakpoints: Some(semantics.watched_exceptions().to_vec()),
             chaos: None,
         }),
     }
@@ -136,6 +137,7 @@ mod tests {
             rearm_each_step: true,
             merges: Default::default(),
             user_mode: false,
+            exception_breakpoints: true,
         };
         let clock = singlestep_clock(time, facts, "kvm_pvm", semantics);
         let ClockParams::Singlestep(p) = &clock.params else {
@@ -144,6 +146,7 @@ mod tests {
         assert_eq!(singlestep_time(p), (time, facts));
         assert_eq!(p.step_merges, Some(Vec::new()));
         assert_eq!(p.step_rearm, Some(true));
+        assert_eq!(p.step_exception_breakpoints, Some(vec![14, 13, 6, 0]));
 
         let tick = TickTime { ns_per_tick: 5 };
         let clock = pmu_clock(tick, facts, "kvm_pvm", PmuCounter::Emulated, 1000);

@@ -328,17 +328,10 @@ struct idt_gate {
 	uint32_t zero;
 } __attribute__((packed));
 
-/* Stack layout built by isr_common in entry.S (lowest address first). */
-struct isr_frame {
-	uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
-	uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
-	uint64_t vector, error_code;
-	uint64_t rip, cs, rflags, rsp, ss;       /* pushed by the CPU */
-};
-
 extern char isr_stubs[];   /* 256 stubs, 16 bytes apart */
 static struct idt_gate idt[256] __attribute__((aligned(16)));
 static irq_handler_t irq_handlers[16];
+static exception_handler_t exception_handlers[32];
 
 static void idt_init(void)
 {
@@ -362,9 +355,18 @@ void irq_register(unsigned irq, irq_handler_t h)
 	irq_handlers[irq & 15] = h;
 }
 
+void exception_register(unsigned vector, exception_handler_t h)
+{
+	exception_handlers[vector & 31] = h;
+}
+
 void isr_dispatch(struct isr_frame *f)
 {
 	uint64_t v = f->vector;
+	if (v < 32 && exception_handlers[v]) {
+		exception_handlers[v](f);
+		return;
+	}
 	if (v < 32) {
 		printk("exception %lu at RIP 0x%lx error code 0x%lx\n", v, f->rip, f->error_code);
 		exit(EXIT_EXCEPTION);

@@ -124,6 +124,18 @@ void pic_unmask(unsigned irq);
 typedef void (*irq_handler_t)(unsigned irq);
 void irq_register(unsigned irq, irq_handler_t h);   /* runtime sends the EOI */
 
+/* Stack layout built by isr_common in entry.S (lowest address first). */
+struct isr_frame {
+	uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
+	uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
+	uint64_t vector, error_code;
+	uint64_t rip, cs, rflags, rsp, ss;       /* pushed by the CPU */
+};
+/* A handler for CPU exception `vector` (0-31) that returns to the frame's RIP (which it
+ * may change); without one, an exception ends the guest with EXIT_EXCEPTION. */
+typedef void (*exception_handler_t)(struct isr_frame *f);
+void exception_register(unsigned vector, exception_handler_t h);
+
 #define PIT_HZ 1193182u
 /* Program PIT channel 0 with `mode` (2 = rate generator, 3 = square wave). */
 void pit_start(uint16_t divisor, unsigned mode);

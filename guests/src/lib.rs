@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 /// Names of all guests, in build order.
 pub const NAMES: &[&str] = &[
-    HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, RTC, FENCES, HELLO32,
+    HELLO, TIMER, ECHO, ENTROPY, CRASH, RACE, RTC, FENCES, FAULTS, HELLO32,
 ];
 
 /// `hello`: prints, then exits with status **0**:
@@ -151,6 +151,24 @@ pub const RTC: &str = "rtc";
 /// ```
 pub const FENCES: &str = "fences";
 
+/// `faults`: time-stamp reads inside exception handlers that return (#DE, #BP, #UD, #GP,
+/// #PF), each compared with a read just before the fault; exits with status **0**:
+///
+/// ```text
+/// faults: time-stamp reads in exception handlers
+/// #DE: +<ticks>
+/// #BP: +<ticks>
+/// #UD: +<ticks>
+/// #GP: +<ticks>               (or `#GP: no fault here`)
+/// #PF: +<ticks>
+/// faults: ok
+/// ```
+///
+/// A KVM that single-steps with the guest's trap flag loses it when the CPU delivers an
+/// exception; a handler that then ran unseen would read the host's TSC (a delta above
+/// 1,000,000 ticks: `faults: FAIL ...`, status 1).
+pub const FAULTS: &str = "faults";
+
 /// `hello32`: a static ELF32 i386 image that stays in 32-bit protected mode
 /// (no paging, no long mode; its own runtime in `runtime32/`, no IDT). It
 /// fills `path[k] = {k, k*k}` for k in 0..8 through `visit(k)`, adds the
@@ -179,7 +197,9 @@ pub fn elf_bytes(name: &str) -> Option<&'static [u8]> {
             }
         };
     }
-    guests!("hello", "timer", "echo", "entropy", "crash", "race", "rtc", "fences", "hello32")
+    guests!(
+        "hello", "timer", "echo", "entropy", "crash", "race", "rtc", "fences", "faults", "hello32"
+    )
 }
 
 /// Directory holding the guests' C/asm sources (`c/`, `runtime/`), as named

@@ -78,6 +78,11 @@ pub struct SinglestepParams {
     /// recorder passed over them in the VMM). Absent in traces from before this was probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_merges: Option<Vec<String>>,
+    /// The exception vectors at whose handler entries the single-step loop stopped with
+    /// hardware breakpoints (on a KVM whose single-step is the guest's trap flag, which
+    /// exception delivery clears; empty on other KVMs). Absent in traces from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_exception_breakpoints: Option<Vec<u8>>,
     /// A chaos recording's seed and what it perturbed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chaos: Option<ChaosParams>,
@@ -187,6 +192,7 @@ pub(crate) fn upgrade_v1(clock: &mut Value) -> Result<(), String> {
                         .map(str::to_string)
                         .collect()
                 }),
+                step_exception_breakpoints: None,
                 chaos,
             })
         }

@@ -210,14 +210,9 @@ fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(
         return Ok(());
     };
     if let Some(recorded) = params.step_rearm {
-        let here = machine
-            .probe_step_semantics()
-            .map_err(MachineError::from)?
-            .rearm_each_step;
-        let merges_here = machine
-            .probe_step_semantics()
-            .map_err(MachineError::from)?
-            .merges;
+        let semantics = machine.probe_step_semantics().map_err(MachineError::from)?;
+        let here = semantics.rearm_each_step;
+        let merges_here = semantics.merges;
         let merges_recorded = params.step_merges.as_ref().map(|m| m.join(","));
         let same = match &params.step_merges {
             Some(recorded) => same_merges(recorded, &merges_here.names()),
@@ -244,6 +239,24 @@ fn check_step_semantics(header: &TraceHeader, machine: &mut Machine) -> Result<(
                  and this one {}: positions would not line up",
                 if recorded { "needed" } else { "did not need" },
                 if here { "needs it" } else { "does not" },
+            )));
+        }
+        let watched_here = semantics.watched_exceptions();
+        if here && params.step_exception_breakpoints.as_deref() != Some(watched_here) {
+            return Err(ReplayError::Unsupported(format!(
+                "on this kind of KVM (single-step by the guest's trap flag, which exception \
+                 delivery clears) it was recorded stopping at the handlers of exceptions {} \
+                 and this ttvm here stops at {watched_here:?}: positions would not line up{}",
+                match &params.step_exception_breakpoints {
+                    Some(v) => format!("{v:?}"),
+                    None =>
+                        "[] (an older ttvm, which also ran interrupt handlers unseen)".to_string(),
+                },
+                if params.step_exception_breakpoints.is_none() {
+                    "; re-record it with this ttvm"
+                } else {
+                    ""
+                }
             )));
         }
     }

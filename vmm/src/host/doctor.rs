@@ -112,15 +112,32 @@ pub fn diagnose(kvm_path: &Path) -> Diagnosis {
             ));
         }
         match step_probe::probe(kvm) {
-            Ok(s) => checks.push(check(
-                "single-step",
-                Status::Ok,
+            Ok(s) => {
+                checks.push(check(
+                    "single-step",
+                    Status::Ok,
+                    if s.rearm_each_step {
+                        "works by the guest's trap flag, which KVM's instruction emulator and interrupt delivery drop: ttvm re-arms before every step and delivers interrupts, INT3/INT n and UD2 itself (real hardware-virtualization semantics)"
+                    } else {
+                        "works and stays armed across emulated instructions (this KVM's own single-step)"
+                    },
+                ));
                 if s.rearm_each_step {
-                    "works; the trap flag does not survive KVM's instruction emulator, so ttvm re-arms before every step and stops injected interrupts at their handler (real hardware-virtualization semantics)"
-                } else {
-                    "works and stays armed across emulated instructions (this KVM's own single-step)"
-                },
-            )),
+                    checks.push(if s.exception_breakpoints {
+                        check(
+                            "exception handlers",
+                            Status::Ok,
+                            "stepped: a hardware breakpoint at the handler's entry stops the faulting instruction's step (#PF, #GP, #UD, #DE)",
+                        )
+                    } else {
+                        check(
+                            "exception handlers",
+                            Status::Warn,
+                            "hardware execution breakpoints do not fire on this KVM, so the handler of an exception an instruction raises (#PF, #GP, #DE...) runs inside that instruction's single step: its instructions are not counted, and a time-stamp read in it is not recorded (replay may diverge); interrupts, INT3 and UD2 are not affected",
+                        )
+                    });
+                }
+            }
             Err(e) => {
                 singlestep_ok = false;
                 checks.push(check("single-step", Status::Fail, e.to_string()));

@@ -14,7 +14,7 @@ use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::machine::vcpu::{Exit, Vcpu, VcpuError};
+use crate::machine::vcpu::{ExecBreakpoints, Exit, Vcpu, VcpuError};
 
 /// How single-stepping behaves on this KVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,25 @@ pub struct StepSemantics {
     /// stops clearly when the guest enters user mode (`probe_cpl3`).
     #[serde(default = "yes")]
     pub user_mode: bool,
+    /// Whether a hardware execution breakpoint at an exception handler's entry stops a
+    /// single step in which the exception is delivered (`probe_exception_breakpoint`).
+    /// Where single-step is the guest's trap flag, the loop relies on it to step exception
+    /// handlers; where it does not work, those handlers run inside one step.
+    #[serde(default)]
+    pub exception_breakpoints: bool,
+}
+
+impl StepSemantics {
+    /// The exceptions whose handlers the single-step loop stops at with breakpoints on
+    /// this KVM (`crate::run::singlestep::WATCHED_EXCEPTIONS` where single-step is the trap
+    /// flag and such breakpoints work; none elsewhere).
+    pub fn watched_exceptions(&self) -> &'static [u8] {
+        if self.rearm_each_step && self.exception_breakpoints {
+            &crate::run::singlestep::WATCHED_EXCEPTIONS
+        } else {
+            &[]
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -126,9 +145,46 @@ pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
         rearm_each_step: steps < STEPS_BEFORE_OUT,
         merges: crate::host::merge_probe::probe(kvm)?,
         user_mode: probe_cpl3(kvm)?.is_ok(),
+        exception_breakpoints: probe_exception_breakpoint(kvm)?,
     };
     tracing::debug!(steps, ?semantics, "single-step probe");
     Ok(semantics)
+}
+
+/// Real-mode program for `probe_exception_breakpoint`: `ud2` at CODE, whose #UD handler
+/// (IVT entry 6 -> 0:HANDLER) is a `hlt`.
+const UD_PROGRAM: [u8; 2] = [0x0f, 0x0b];
+const UD_HANDLER: u64 = CODE + 0x10;
+
+/// Whether a hardware execution breakpoint at an exception handler's entry ends a single
+/// step of an instruction that raises the exception there. A KVM that single-steps with the
+/// trap flag loses it when the exception is delivered, and only the breakpoint then stops
+/// the step before the handler runs (on some nested KVMs the breakpoint never fires). On a
+/// KVM whose step persists, the step ends at the handler anyway: true too.
+pub fn probe_exception_breakpoint(kvm: &Kvm) -> Result<bool, ProbeError> {
+    let mut scratch = ScratchVm::new(kvm, &UD_PROGRAM)?;
+    let ivt_entry = (UD_HANDLER as u32) & 0xffff; // segment 0 in the high half
+    scratch
+        .mem
+        .write_obj(ivt_entry, GuestAddress(6 * 4))
+        .map_err(|e| ProbeError::Memory(e.to_string()))?;
+    scratch
+        .mem
+        .write_obj(0xf4u8, GuestAddress(UD_HANDLER))
+        .map_err(|e| ProbeError::Memory(e.to_string()))?;
+    let vcpu = &mut scratch.vcpu;
+    vcpu.set_guest_debug(true, ExecBreakpoints::at(UD_HANDLER))?;
+    for _ in 0..4 {
+        match vcpu.run()? {
+            Exit::Debug { pc, .. } => return Ok(pc == UD_HANDLER),
+            Exit::Interrupted => {}
+            other => {
+                tracing::debug!(?other, "exception-breakpoint probe: no debug exit");
+                return Ok(false);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Whether single-stepping works for code at CPL3 (user mode): a scratch vCPU in flat

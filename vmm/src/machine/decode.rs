@@ -27,6 +27,12 @@ pub enum Emulated {
     /// deliver no single-step trap inside STI's interrupt shadow, so `sti; hlt` would
     /// otherwise run as one step with the HLT executed natively.
     Sti,
+    /// An instruction that raises an interrupt or exception ([`raises_interrupt`]: INT3,
+    /// INT n, UD2...) on a KVM that single-steps with the guest's trap flag: the gate
+    /// clears it, so the handler would run unseen inside one step. The VMM executes it
+    /// (`crate::machine::fallback` delivers through the guest's IDT), and the handler is
+    /// then stepped like any code.
+    RaisesInterrupt,
 }
 
 /// The candidate of `crate::host::merge_probe` that `bytes` start with (its name, its length, and
@@ -95,6 +101,27 @@ pub fn kernel_return(bytes: &[u8], bitness: u32) -> Option<KernelReturn> {
         }),
         (Some(0x0f), Some(0x07 | 0x35)) => Some(KernelReturn::Always),
         _ => None,
+    }
+}
+
+/// Whether `bytes` start with an instruction that always raises an interrupt or exception:
+/// INT3, INT imm8, INT1 (ICEBP), INTO outside 64-bit mode (it raises #OF only if OF is
+/// set), or UD0/UD1/UD2 (#UD; Linux's BUG and WARN). After legacy prefixes.
+pub fn raises_interrupt(bytes: &[u8], bitness: u32) -> bool {
+    let at = bytes.iter().position(|&b| {
+        !matches!(
+            b,
+            0x66 | 0x67 | 0xf2 | 0xf3 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65
+        )
+    });
+    let Some(at) = at else {
+        return false;
+    };
+    match (bytes[at], bytes.get(at + 1)) {
+        (0xcc | 0xcd | 0xf1, _) => true,
+        (0xce, _) => bitness != 64,
+        (0x0f, Some(0x0b | 0xb9 | 0xff)) => true,
+        _ => false,
     }
 }
 
@@ -174,6 +201,23 @@ pub fn classify(bytes: &[u8], bitness: u32, ecx: u32) -> Option<NextInstruction>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instructions_that_raise_interrupts_are_recognised() {
+        assert!(raises_interrupt(&[0xcc], 64));
+        assert!(raises_interrupt(&[0xcd, 0x80], 32));
+        assert!(raises_interrupt(&[0xf1], 64));
+        assert!(raises_interrupt(&[0xce], 32));
+        assert!(
+            !raises_interrupt(&[0xce], 64),
+            "INTO is invalid in 64-bit mode"
+        );
+        assert!(raises_interrupt(&[0x0f, 0x0b], 64));
+        assert!(raises_interrupt(&[0x0f, 0xb9, 0x00], 64));
+        assert!(!raises_interrupt(&[0xc7, 0x45, 0xcc, 0, 0, 0, 0], 64));
+        assert!(!raises_interrupt(&[0x0f, 0x31], 64));
+        assert!(!raises_interrupt(&[], 64));
+    }
 
     #[test]
     fn prefilter_agrees_with_the_decoder() {

@@ -71,6 +71,37 @@ impl LinearMemory for GuestLinear<'_> {
 }
 
 impl Machine {
+    /// Delivers external interrupt `vector` through the guest's IDT as the CPU would, with
+    /// the current RIP as the return address, and puts the vCPU at the handler's first
+    /// instruction (for KVMs whose single-step is the guest's trap flag: an interrupt KVM
+    /// injected would run its whole handler inside one step). `Ok(Err(..))`: the fallback
+    /// cannot deliver it here (real mode, a task gate...); the vCPU is unchanged.
+    pub(crate) fn deliver_external_interrupt(
+        &mut self,
+        vector: u8,
+    ) -> Result<Result<(), FallbackError>, MachineError> {
+        let mut regs = self.vcpu.regs()?;
+        let mut sregs = self.vcpu.sregs()?;
+        let mut mem = GuestLinear {
+            mem: &self.mem,
+            mmu: Mmu::from_sregs(&sregs),
+            dirty: &mut self.vmm_dirty,
+        };
+        let mut cpu = Cpu {
+            regs: &mut regs,
+            sregs: &mut sregs,
+            fpu_status: 0,
+        };
+        let rip = cpu.regs.rip;
+        if let Err(e) = fallback::deliver(&mut cpu, &mut mem, vector, rip, None) {
+            return Ok(Err(e));
+        }
+        self.vcpu.set_sregs(&sregs)?;
+        self.vcpu.set_regs(&regs)?;
+        self.vcpu.rearm_guest_debug()?;
+        Ok(Ok(()))
+    }
+
     /// Executes the instruction at RIP that KVM could not, and puts the vCPU after it.
     /// `Ok(Err(..))`: the fallback cannot run it either (the vCPU is unchanged).
     pub(crate) fn execute_unemulated(

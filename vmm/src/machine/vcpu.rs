@@ -107,11 +107,53 @@ pub enum VcpuError {
     SetEvents(kvm_ioctls::Error),
 }
 
+/// Up to four hardware execution breakpoints (the CPU's DR0-DR3), by linear address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecBreakpoints {
+    addrs: [u64; 4],
+    len: u8,
+}
+
+impl ExecBreakpoints {
+    pub const NONE: ExecBreakpoints = ExecBreakpoints {
+        addrs: [0; 4],
+        len: 0,
+    };
+
+    /// One breakpoint at `addr`.
+    pub fn at(addr: u64) -> Self {
+        let mut b = Self::NONE;
+        b.push(addr);
+        b
+    }
+
+    /// Adds `addr` (once); false if all four are in use and it is not among them.
+    pub fn push(&mut self, addr: u64) -> bool {
+        if self.as_slice().contains(&addr) {
+            return true;
+        }
+        let Some(slot) = self.addrs.get_mut(usize::from(self.len)) else {
+            return false;
+        };
+        *slot = addr;
+        self.len += 1;
+        true
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        &self.addrs[..usize::from(self.len)]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 pub struct Vcpu {
     fd: VcpuFd,
     /// The guest-debug state last set (single-step, breakpoint), so it can be armed again
     /// after the VMM changes registers (real KVM keeps the trap only for the armed RIP).
-    debug: std::cell::Cell<(bool, Option<u64>)>,
+    debug: std::cell::Cell<(bool, ExecBreakpoints)>,
     /// Exits returned by `run` so far; a [`PendingIoIn`] is valid only for the latest.
     exits: u64,
 }
@@ -120,7 +162,7 @@ impl Vcpu {
     pub fn new(fd: VcpuFd) -> Self {
         Vcpu {
             fd,
-            debug: std::cell::Cell::new((false, None)),
+            debug: std::cell::Cell::new((false, ExecBreakpoints::NONE)),
             exits: 0,
         }
     }
@@ -320,34 +362,40 @@ impl Vcpu {
     /// Arms (or disarms) single-stepping. On real KVM the trap is re-armed only while RIP
     /// equals the RIP at this call, so callers set registers first, then call this.
     pub fn set_single_step(&self, on: bool) -> Result<(), VcpuError> {
-        self.set_guest_debug(on, None)
+        self.set_guest_debug(on, ExecBreakpoints::NONE)
     }
 
-    /// Single-step on or off, plus an optional hardware execution breakpoint (DR0) at
-    /// linear address `breakpoint`.
-    pub fn set_guest_debug(&self, step: bool, breakpoint: Option<u64>) -> Result<(), VcpuError> {
+    /// Single-step on or off, plus hardware execution breakpoints (DR0-DR3) at the
+    /// linear addresses of `breakpoints`.
+    pub fn set_guest_debug(
+        &self,
+        step: bool,
+        breakpoints: ExecBreakpoints,
+    ) -> Result<(), VcpuError> {
         let mut debug = kvm_guest_debug::default();
         if step {
             debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
         }
-        if let Some(addr) = breakpoint {
+        if !breakpoints.is_empty() {
             debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
-            debug.arch.debugreg[0] = addr;
-            // DR7: L0 enabled, R/W0 = 00 (execute), LEN0 = 00.
-            debug.arch.debugreg[7] = 0x1;
+            for (slot, &addr) in breakpoints.as_slice().iter().enumerate() {
+                debug.arch.debugreg[slot] = addr;
+                // DR7: local enable Ln; R/Wn = 00 (execute) and LENn = 00 stay zero.
+                debug.arch.debugreg[7] |= 1 << (2 * slot);
+            }
         }
         self.fd
             .set_guest_debug(&debug)
             .map_err(VcpuError::SetGuestDebug)?;
-        self.debug.set((step, breakpoint));
+        self.debug.set((step, breakpoints));
         Ok(())
     }
 
     /// Sets the guest-debug state last set again (after the VMM moved RIP).
     pub fn rearm_guest_debug(&self) -> Result<(), VcpuError> {
-        let (step, breakpoint) = self.debug.get();
-        if step || breakpoint.is_some() {
-            self.set_guest_debug(step, breakpoint)?;
+        let (step, breakpoints) = self.debug.get();
+        if step || !breakpoints.is_empty() {
+            self.set_guest_debug(step, breakpoints)?;
         }
         Ok(())
     }

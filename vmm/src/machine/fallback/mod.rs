@@ -161,6 +161,8 @@ pub fn execute(
             cpu.regs.rip = next_rip;
             done(false)
         }
+        // The undefined-opcode instructions (Linux's BUG and WARN): #UD at the instruction.
+        Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 => fault(cpu, mem, VECTOR_UD, None),
         Mnemonic::Iret | Mnemonic::Iretd | Mnemonic::Iretq => {
             delivery::iret(cpu, mem, &instr)?;
             done(true)

@@ -317,6 +317,27 @@ fn int3_and_iretq_round_trip_in_long_mode() {
 const RFLAGS_IF_TEST: u64 = 1 << 9;
 
 #[test]
+fn ud2_raises_ud_at_the_instruction() {
+    let mut mem = memory_with_tables(true);
+    let (mut regs, mut sregs) = long_mode_cpu();
+    regs.rsp = 0x8000;
+    run(&[0x0f, 0x0b], &mut regs, &mut sregs, &mut mem).unwrap();
+    assert_eq!(regs.rip, 0x5000 + 6 * 0x10);
+    let mut saved_rip = [0u8; 8];
+    mem.read(regs.rsp, &mut saved_rip);
+    assert_eq!(
+        u64::from_le_bytes(saved_rip),
+        0x4000,
+        "a fault saves the faulting RIP (Linux's WARN handler skips the UD2 itself)"
+    );
+    assert_eq!(
+        regs.rflags & RFLAGS_IF_TEST,
+        0,
+        "vector 6 has an interrupt gate"
+    );
+}
+
+#[test]
 fn int_and_iret_round_trip_in_32_bit_protected_mode() {
     let mut mem = memory_with_tables(false);
     let mut sregs = kvm_sregs {

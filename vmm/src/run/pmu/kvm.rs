@@ -67,7 +67,7 @@ impl KvmTickMachine<'_> {
 
     /// Runs freely; a kick that is not the overflow ends the run only if `stop_on_kick`.
     fn run_inner(&mut self, stop_on_kick: bool) -> Result<RunStop<Exit>, KvmTickError> {
-        self.vcpu.set_guest_debug(false, None)?;
+        self.vcpu.set_single_step(false)?;
         loop {
             if self.reached_overflow()? {
                 return Ok(RunStop::Overflow);
@@ -93,7 +93,7 @@ pub(crate) fn single_step_noting_kicks(
 ) -> Result<(StepStop<Exit>, bool), KvmTickError> {
     let mut kicked = false;
     loop {
-        vcpu.set_guest_debug(true, None)?;
+        vcpu.set_single_step(true)?;
         match vcpu.run()? {
             Exit::Debug { .. } => return Ok((StepStop::Stepped, kicked)),
             Exit::Interrupted => {

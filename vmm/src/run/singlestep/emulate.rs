@@ -88,6 +88,17 @@ impl Machine {
                 }
             }
         }
+        // Where single-step is the guest's trap flag, the gate of an interrupt an
+        // instruction raises clears it and the handler would run unseen inside one step:
+        // the VMM executes it instead (in protected and long mode; real mode's IVT is left
+        // to KVM).
+        let trap_flag_stepping = self.step_semantics.is_some_and(|s| s.rearm_each_step);
+        if trap_flag_stepping
+            && sregs.cr0 & 1 != 0
+            && decode::raises_interrupt(&bytes[..n], bitness)
+        {
+            return Ok(Some((Emulated::RaisesInterrupt, 0)));
+        }
         if !decode::may_be_emulated(&bytes[..n], bitness) {
             return Ok(None);
         }
@@ -141,6 +152,14 @@ impl Machine {
             Emulated::Hlt => st.halted = true,
             Emulated::Sti => regs.rflags |= RFLAGS_IF,
             Emulated::NoEffect => {}
+            Emulated::RaisesInterrupt => {
+                return Err(MachineError::UnexpectedExit(
+                    "an interrupting instruction reached the instruction emulator (the \
+                     stepping loop executes those)"
+                        .to_string(),
+                )
+                .into())
+            }
         }
         regs.rip = regs.rip.wrapping_add(u64::from(len));
         self.vcpu.set_regs(regs).map_err(MachineError::from)?;

@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use kvm_bindings::kvm_regs;
 use serde::{Deserialize, Serialize};
 
+use crate::machine::decode::Emulated;
 use crate::machine::devices::DeviceCtx;
 use crate::machine::digest::RegSnapshot;
 use crate::machine::paging::Mmu;
-use crate::machine::vcpu::Exit;
+use crate::machine::vcpu::{ExecBreakpoints, Exit};
 use crate::machine::{Machine, MachineError};
 use crate::run::end::RunEnd;
 use crate::run::free::Next;
@@ -181,6 +182,16 @@ impl StepClock {
         }
     }
 }
+
+/// The exceptions whose handler entries get hardware breakpoints on KVMs that single-step
+/// with the guest's trap flag (`StepSemantics::rearm_each_step`), where such breakpoints
+/// work (`StepSemantics::exception_breakpoints`): exception delivery clears the flag, so
+/// without them the handler runs inside the faulting instruction's step (its instructions
+/// uncounted, a time-stamp read in it unrecorded). #PF, #GP, #UD and #DE; instructions that
+/// always raise one (INT3, INT n, UD2) and external interrupts are delivered by the VMM
+/// instead. Four breakpoint registers bound the list. Stored in a recording's header
+/// (`step_exception_breakpoints`).
+pub const WATCHED_EXCEPTIONS: [u8; 4] = [14, 13, 6, 0];
 
 /// Per-run state of the loop (saved in checkpoints: everything here is position state).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -449,20 +460,28 @@ impl Machine {
                 (false, None) => self.vcpu.ready_for_interrupt(),
             };
             let mut injected = false;
+            let mut delivered_by_vmm = false;
             if driver
                 .inject_now(pos, pending, ready, st.halted)
                 .map_err(SteppedError::Driver)?
             {
                 injected = true;
                 let vector = self.devices.pic.acknowledge();
-                self.vcpu.inject(vector).map_err(MachineError::from)?;
+                // Where single-step is the guest's trap flag, interrupt delivery clears it
+                // and KVM would run the whole handler as one step: the VMM delivers it
+                // itself (the delivery is the step), or else stops at the handler's entry
+                // with a breakpoint where it cannot.
+                delivered_by_vmm = st.rearm && self.deliver_by_vmm(vector)?;
+                if !delivered_by_vmm {
+                    self.vcpu.inject(vector).map_err(MachineError::from)?;
+                    if st.rearm {
+                        st.handler_breakpoint = self.interrupt_handler(&sregs, vector);
+                    }
+                }
                 self.stats.interrupts_injected += 1;
                 driver.injected(pos, vector).map_err(SteppedError::Driver)?;
                 tracing::trace!(pos, vector, halted = st.halted, "interrupt injected");
                 st.halted = false;
-                if st.rearm {
-                    st.handler_breakpoint = self.interrupt_handler(&sregs, vector);
-                }
             }
             if st.halted {
                 continue;
@@ -475,11 +494,6 @@ impl Machine {
             } else {
                 self.next_instruction(&mmu, &regs, &sregs, pos)?
             };
-            if let Some((emulated, len)) = next {
-                self.emulate(driver, &mut st, &mut regs, emulated, len)?;
-                fresh = true;
-                continue;
-            }
             if sregs.cs.dpl == 3 && !self.step_semantics.is_none_or(|s| s.user_mode) {
                 return Err(MachineError::UserModeNotSteppable {
                     rip: regs.rip,
@@ -487,12 +501,38 @@ impl Machine {
                 }
                 .into());
             }
-            if st.rearm {
-                self.vcpu
-                    .set_guest_debug(true, st.handler_breakpoint.take())
-                    .map_err(MachineError::from)?;
-            }
-            match self.step_once(&st.clock)? {
+            let delivered = match next {
+                _ if delivered_by_vmm => Some(StepOutcome::ExecutedByVmm),
+                Some((Emulated::RaisesInterrupt, _)) => self.execute_interrupting_instruction()?,
+                Some((emulated, len)) => {
+                    self.emulate(driver, &mut st, &mut regs, emulated, len)?;
+                    fresh = true;
+                    continue;
+                }
+                None => None,
+            };
+            let outcome = match delivered {
+                Some(outcome) => outcome,
+                None => {
+                    if st.rearm {
+                        let breakpoints = match st.handler_breakpoint.take() {
+                            Some(entry) => ExecBreakpoints::at(entry),
+                            None if self
+                                .step_semantics
+                                .is_some_and(|s| s.exception_breakpoints) =>
+                            {
+                                self.exception_breakpoints(&sregs, regs.rip)
+                            }
+                            None => ExecBreakpoints::NONE,
+                        };
+                        self.vcpu
+                            .set_guest_debug(true, breakpoints)
+                            .map_err(MachineError::from)?;
+                    }
+                    self.step_once(&st.clock)?
+                }
+            };
+            match outcome {
                 StepOutcome::Ended(end) => break (Some(end), None),
                 StepOutcome::Stepped => {
                     st.clock.pos += 1;
@@ -633,6 +673,46 @@ impl Machine {
         self.devices.poll_timers(&mut ctx);
         self.apply(ctx, |_| 0);
         Ok(())
+    }
+
+    /// Breakpoints at the entries of the handlers of [`WATCHED_EXCEPTIONS`] (as the guest's
+    /// IDT has them now), except one at `rip` itself (the step would stop before running
+    /// anything: an execution breakpoint fires again at the same RIP).
+    fn exception_breakpoints(&self, sregs: &kvm_bindings::kvm_sregs, rip: u64) -> ExecBreakpoints {
+        let mut breakpoints = ExecBreakpoints::NONE;
+        for vector in WATCHED_EXCEPTIONS {
+            if let Some(entry) = self.interrupt_handler(sregs, vector) {
+                if entry != rip {
+                    breakpoints.push(entry);
+                }
+            }
+        }
+        breakpoints
+    }
+
+    /// Delivers external interrupt `vector` by the VMM; false if it cannot here.
+    fn deliver_by_vmm(&mut self, vector: u8) -> Result<bool, MachineError> {
+        match self.deliver_external_interrupt(vector)? {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::debug!(vector, error = %e, "interrupt left to KVM");
+                Ok(false)
+            }
+        }
+    }
+
+    /// An instruction that raises an interrupt (INT3, INT n, UD2...) on a KVM that steps
+    /// with the trap flag: executed by the VMM, which delivers through the guest's IDT, so
+    /// that the handler's first instruction is the next step.
+    /// None if the VMM cannot deliver it (then KVM steps it, the handler unseen).
+    fn execute_interrupting_instruction(&mut self) -> Result<Option<StepOutcome>, MachineError> {
+        match self.execute_unemulated()? {
+            Ok(_) => Ok(Some(StepOutcome::ExecutedByVmm)),
+            Err(e) => {
+                tracing::debug!(error = %e, "interrupting instruction left to KVM");
+                Ok(None)
+            }
+        }
     }
 
     /// The linear address of the guest's handler for `vector`, read from its IDT (long
