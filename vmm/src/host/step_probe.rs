@@ -135,7 +135,7 @@ pub fn probe(kvm: &Kvm) -> Result<StepSemantics, ProbeError> {
     for _ in 0..32 {
         match vcpu.run()? {
             Exit::Debug { .. } => steps += 1,
-            Exit::MmioRead { .. } => vcpu.complete_mmio_read(&[0xff; 8]),
+            Exit::MmioRead { pending, .. } => vcpu.complete_mmio_read(pending, &[0xff; 8])?,
             Exit::IoOut { .. } => break,
             Exit::Interrupted => {}
             other => return Err(ProbeError::Unexpected(other)),

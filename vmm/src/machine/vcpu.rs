@@ -14,8 +14,8 @@ const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
 /// A KVM exit, owned (no borrow of the `kvm_run` page), so handlers and tests can use it
 /// freely. `IoIn` and `MmioRead` must be answered with [`Vcpu::complete_io_in`] /
-/// [`Vcpu::complete_mmio_read`] before the next run; `IoIn` carries the [`PendingIoIn`]
-/// that answering it takes.
+/// [`Vcpu::complete_mmio_read`] before the next run; they carry the [`PendingIoIn`] /
+/// [`PendingMmioRead`] that answering them takes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
     IoIn {
@@ -33,6 +33,8 @@ pub enum Exit {
     MmioRead {
         addr: u64,
         len: u8,
+        /// The answer KVM waits for: only [`Vcpu::complete_mmio_read`] takes it.
+        pending: PendingMmioRead,
     },
     MmioWrite {
         addr: u64,
@@ -77,10 +79,23 @@ pub struct PendingIoIn {
     len: usize,
 }
 
+/// An MMIO read (KVM_EXIT_MMIO, not a write) that KVM waits to have answered. Like
+/// [`PendingIoIn`]: made by [`Vcpu::run`] for the exit it just returned, consumed by
+/// [`Vcpu::complete_mmio_read`], refused after a later run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PendingMmioRead {
+    /// The number of the exit this read is (see `Vcpu::exits`).
+    exit: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("a port read was answered after the vCPU ran again (exit {pending}, now {now})")]
-    StaleIoIn { pending: u64, now: u64 },
+    #[error("a {what} was answered after the vCPU ran again (exit {pending}, now {now})")]
+    StaleAnswer {
+        what: &'static str,
+        pending: u64,
+        now: u64,
+    },
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
     #[error("KVM_INTERRUPT (vector {vector:#x}) failed: {source}")]
@@ -210,6 +225,7 @@ impl Vcpu {
             VcpuExit::MmioRead(addr, data) => Exit::MmioRead {
                 addr,
                 len: data.len() as u8,
+                pending: PendingMmioRead { exit: self.exits },
             },
             VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite {
                 addr,
@@ -280,7 +296,8 @@ impl Vcpu {
     /// bytes; fewer leave the rest as KVM had it).
     pub fn complete_io_in(&mut self, pending: PendingIoIn, data: &[u8]) -> Result<(), VcpuError> {
         if pending.exit != self.exits {
-            return Err(VcpuError::StaleIoIn {
+            return Err(VcpuError::StaleAnswer {
+                what: "port read",
                 pending: pending.exit,
                 now: self.exits,
             });
@@ -299,13 +316,27 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Answers a pending `MmioRead` exit.
-    pub fn complete_mmio_read(&mut self, data: &[u8]) {
+    /// Answers the MMIO read `pending` (from the latest exit) with `data` (its first `len`
+    /// bytes).
+    pub fn complete_mmio_read(
+        &mut self,
+        pending: PendingMmioRead,
+        data: &[u8],
+    ) -> Result<(), VcpuError> {
+        if pending.exit != self.exits {
+            return Err(VcpuError::StaleAnswer {
+                what: "MMIO read",
+                pending: pending.exit,
+                now: self.exits,
+            });
+        }
         let run = self.fd.get_kvm_run();
-        // SAFETY: called right after a KVM_EXIT_MMIO exit, so `mmio` is the active field.
+        // SAFETY: `pending` belongs to the latest exit (checked above), a KVM_EXIT_MMIO,
+        // so `mmio` is the active union field.
         let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
         let len = (mmio.len as usize).min(data.len()).min(mmio.data.len());
         mmio.data[..len].copy_from_slice(&data[..len]);
+        Ok(())
     }
 
     /// Whether KVM would accept an external interrupt now (IF set, no STI/MOV SS shadow).
@@ -466,7 +497,16 @@ mod tests {
         let exit = vm.vcpu.run().unwrap();
         assert!(matches!(exit, Exit::IoOut { port: 0x11, .. }), "{exit:?}");
         let err = vm.vcpu.complete_io_in(second, &[0xa5]).unwrap_err();
-        assert!(matches!(err, VcpuError::StaleIoIn { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                VcpuError::StaleAnswer {
+                    what: "port read",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -486,5 +526,44 @@ mod tests {
             } => assert_eq!(data, vec![0xc3]),
             other => panic!("expected the port write, got {other:?}"),
         }
+    }
+
+    /// Real mode: `mov al, [0x3000]` (unbacked: an MMIO read); `out 0x11, al`; `hlt`.
+    const MMIO_READ: &[u8] = &[0xa0, 0x00, 0x30, 0xe6, 0x11, 0xf4];
+
+    #[test]
+    fn an_mmio_read_is_answered_by_its_own_exit_only() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let mut vm = ScratchVm::new(&kvm, MMIO_READ).unwrap();
+        let pending = match vm.vcpu.run().unwrap() {
+            Exit::MmioRead {
+                addr: 0x3000,
+                len: 1,
+                pending,
+            } => pending,
+            other => panic!("expected the MMIO read, got {other:?}"),
+        };
+        vm.vcpu.complete_mmio_read(pending, &[0x5a]).unwrap();
+        match vm.vcpu.run().unwrap() {
+            Exit::IoOut {
+                port: 0x11, data, ..
+            } => assert_eq!(data, [0x5a]),
+            other => panic!("expected the port write, got {other:?}"),
+        }
+        let stale = PendingMmioRead { exit: 1 };
+        let err = vm.vcpu.complete_mmio_read(stale, &[0]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VcpuError::StaleAnswer {
+                    what: "MMIO read",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

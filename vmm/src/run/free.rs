@@ -145,14 +145,14 @@ impl Machine {
                 }
                 self.apply(ctx, Self::rip_or_zero);
             }
-            Exit::MmioRead { addr, len } => {
+            Exit::MmioRead { addr, len, pending } => {
                 self.stats.mmio_exits += 1;
                 tracing::debug!(
                     addr = format_args!("{addr:#x}"),
                     len,
                     "read from unbacked MMIO"
                 );
-                self.vcpu.complete_mmio_read(&[0xff; 8]);
+                self.vcpu.complete_mmio_read(pending, &[0xff; 8])?;
             }
             Exit::MmioWrite { addr, data } => {
                 self.stats.mmio_exits += 1;
