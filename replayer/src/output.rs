@@ -22,7 +22,7 @@ use ttvm_logs::output_index::{self, OutputIndexError, SerialTranscript};
 use ttvm_vmm::machine::devices::serial::SerialOutput;
 use ttvm_vmm::run::singlestep::{Position, SteppedError};
 
-use crate::driver::{DriverError, ReplayDriver};
+use crate::driver::{DriverError, ReplayDriver, StopCause};
 use crate::{driver_error, open_checked, prepare_reader, ReplayError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub enum OutputError {
     },
     #[error("match numbers start at 1")]
     ZeroNth,
+    #[error("indexing the guest's output was interrupted")]
+    Interrupted,
     #[error("cannot index the guest's output: {0}")]
     Replay(#[from] ReplayError),
     #[error("cannot index the guest's output: {0}")]
@@ -85,15 +87,16 @@ impl Write for TaggedOutput {
 }
 
 /// Replays `trace` from start to end and returns its serial output with positions (up to
-/// where the trace stops, for one whose recorder did not finish).
+/// where the trace stops, for one whose recorder did not finish). Setting `stop` ends it
+/// with [`OutputError::Interrupted`] (a part is never taken for the whole).
 pub fn build_transcript(
     trace: &Path,
     progress: bool,
     stop: Arc<AtomicBool>,
-) -> Result<SerialTranscript, ReplayError> {
+) -> Result<SerialTranscript, OutputError> {
     let reader = open_checked(trace)?;
     if crate::ticked::is_pmu(reader.header()) {
-        return Err(crate::no_seeking_in_pmu_traces());
+        return Err(crate::no_seeking_in_pmu_traces().into());
     }
     let transcript = Arc::new(Mutex::new(SerialTranscript::default()));
     let position = Arc::new(AtomicU64::new(0));
@@ -106,9 +109,12 @@ pub fn build_transcript(
     }
     let result = machine.run_stepped(&mut driver, time);
     match result {
+        Ok(_) if driver.stop_cause == Some(StopCause::UserStop) => {
+            return Err(OutputError::Interrupted)
+        }
         Ok(_) | Err(SteppedError::Driver(DriverError::EndsEarly { .. })) => {}
-        Err(SteppedError::Machine(e)) => return Err(e.into()),
-        Err(SteppedError::Driver(e)) => return Err(driver_error(e)),
+        Err(SteppedError::Machine(e)) => return Err(ReplayError::from(e).into()),
+        Err(SteppedError::Driver(e)) => return Err(driver_error(e).into()),
     }
     drop(machine);
     let t = transcript.lock().map(|t| t.clone()).unwrap_or_default();

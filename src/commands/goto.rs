@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 use ttvm_logs::output_index::OUTPUT_INDEX_FILE;
-use ttvm_replayer::output::{load_or_build, OutputIndex, OutputLine};
+use ttvm_replayer::output::{load_or_build, OutputError, OutputIndex, OutputLine};
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineOptions};
 use ttvm_vmm::machine::digest::REG_NAMES;
 use ttvm_vmm::machine::memory::parse_size;
@@ -55,15 +55,15 @@ pub enum Goto<'a> {
 }
 
 /// The output index of `trace`, saying on stderr when it must be built.
-fn output_index(args: &ReplayArgs, trace: &Path) -> anyhow::Result<OutputIndex> {
+fn output_index(args: &ReplayArgs, trace: &Path) -> Result<OutputIndex, OutputError> {
     let progress = !args.no_progress && io::stderr().is_terminal();
-    Ok(load_or_build(trace, progress, stop_flag(), || {
+    load_or_build(trace, progress, stop_flag(), || {
         eprintln!(
             "ttvm: indexing the guest's serial output (one replay of the whole trace; cached \
              in {})",
             trace.join(OUTPUT_INDEX_FILE).display()
         );
-    })?)
+    })
 }
 
 pub fn run(args: &ReplayArgs, trace: &Path, goto: Goto<'_>) -> anyhow::Result<i32> {
@@ -79,7 +79,14 @@ pub fn run(args: &ReplayArgs, trace: &Path, goto: Goto<'_>) -> anyhow::Result<i3
     let started = Instant::now();
     // The index is needed to find the line, or to write the output up to the position.
     let index = match (&goto, &serial_file) {
-        (Goto::Output { .. }, _) | (_, Some(_)) => Some(output_index(args, trace)?),
+        (Goto::Output { .. }, _) | (_, Some(_)) => match output_index(args, trace) {
+            Ok(index) => Some(index),
+            Err(OutputError::Interrupted) => {
+                eprintln!("ttvm: {}", OutputError::Interrupted);
+                return Ok(ttvm_vmm::exit_code::INTERRUPTED);
+            }
+            Err(e) => return Err(e.into()),
+        },
         _ => None,
     };
     let (target, line) = match goto {
