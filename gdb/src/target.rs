@@ -28,6 +28,11 @@ use gdbstub::target::ext::target_description_xml_override::{
     TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use ttvm_logs::output_index::OUTPUT_INDEX_FILE;
+use ttvm_replayer::output::{load_or_build, OutputError, OutputIndex};
 use ttvm_replayer::timeline::{Arrival, Timeline, TimelineError};
 use ttvm_vmm::machine::elf_image::ElfClass;
 use ttvm_vmm::machine::paging::Mmu;
@@ -44,6 +49,8 @@ pub enum GdbError {
     Timeline(#[from] TimelineError),
     #[error("reading the vCPU failed: {0}")]
     Vcpu(String),
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 /// What gdb asked for with its last resume packet.
@@ -75,6 +82,8 @@ pub struct DebugTarget {
     wide: bool,
     /// The target description gdb reads for that layout.
     description: String,
+    /// The guest's serial output by position, built on first use.
+    output: Option<OutputIndex>,
 }
 
 fn readable(fd: RawFd) -> bool {
@@ -100,6 +109,7 @@ impl DebugTarget {
             conn_fd: None,
             wide,
             description: target_xml(wide),
+            output: None,
         }
     }
 
@@ -109,6 +119,25 @@ impl DebugTarget {
 
     pub fn timeline_mut(&mut self) -> &mut Timeline {
         &mut self.timeline
+    }
+
+    /// The output index of the trace (built by one replay the first time, then cached).
+    pub fn output_index(&mut self) -> Result<&OutputIndex, GdbError> {
+        let index = match self.output.take() {
+            Some(index) => index,
+            None => {
+                let trace = self.timeline.trace_dir().to_path_buf();
+                let stop = Arc::new(AtomicBool::new(false));
+                load_or_build(&trace, false, stop, || {
+                    eprintln!(
+                        "ttvm: indexing the guest's serial output (one replay of the whole \
+                         trace; cached in {})",
+                        trace.join(OUTPUT_INDEX_FILE).display()
+                    );
+                })?
+            }
+        };
+        Ok(self.output.insert(index))
     }
 
     fn machine(&self) -> &Machine {
@@ -152,7 +181,11 @@ impl DebugTarget {
         }
         let watched = self.points.watch_hit(self.machine());
         let pos = self.timeline.position();
-        Ok(match self.timeline.seek(pos + 1)? {
+        // Forward execution: the step's serial output shows (a seek would not).
+        let arrival = self
+            .timeline
+            .run_forward(Box::new(|_, _| false), Some(pos + 1))?;
+        Ok(match arrival {
             Arrival::Target | Arrival::Watch => match watched {
                 Some(hit) => Self::hit_reason(hit),
                 None => StopReason::DoneStep,

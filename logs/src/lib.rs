@@ -9,6 +9,7 @@
 //! | `events` | the event stream: a preamble, then chunks (header + zstd payload) |
 //! | `events.idx` | one entry per chunk, to jump to event N without decompressing |
 //! | `checkpoints/` | `<id>-<position>.ckpt` snapshot files |
+//! | `output.idx` | a cache: the serial output with each byte's position (built on first use by the replayer) |
 //! | `incomplete` / `complete` | marker: `incomplete` while recording, replaced by `complete` at clean close |
 //!
 //! The byte-level layout, the encoding choice, crash-safety guarantees and versioning
@@ -57,6 +58,7 @@ pub mod files;
 mod fsutil;
 pub mod header;
 pub mod location;
+pub mod output_index;
 pub mod reader;
 pub mod report;
 pub mod stream;

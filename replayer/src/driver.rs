@@ -1,7 +1,7 @@
 //! The replay driver: every question the machine asks is answered from the trace, and
 //! every answer must match what the machine is doing, else the replay has diverged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ttvm_logs::{EndReason, Event, EventRecord, ReadError, TraceReader};
@@ -61,6 +61,10 @@ pub struct ReplayDriver {
     watch_skip: Option<Position>,
     /// Progress lines on stderr (`ttvm replay` on a terminal).
     pub(crate) progress: Option<crate::progress::Progress>,
+    /// The position the machine is at, as of its last `boundary` call: everything the
+    /// machine does until the next call (a device access, the serial output of an OUT)
+    /// is done by the instruction at this position (see `output`).
+    position: Arc<AtomicU64>,
 }
 
 impl ReplayDriver {
@@ -83,6 +87,7 @@ impl ReplayDriver {
             watch: None,
             watch_skip: None,
             progress: None,
+            position: Arc::new(AtomicU64::new(0)),
         };
         d.fetch()?;
         Ok(d)
@@ -97,6 +102,16 @@ impl ReplayDriver {
             .as_ref()
             .map(|c| c.final_position);
         self.progress = Some(crate::progress::Progress::new(total));
+    }
+
+    /// The machine's current position, shared: see [`crate::output::TaggedOutput`].
+    pub fn position_cell(&self) -> Arc<AtomicU64> {
+        self.position.clone()
+    }
+
+    /// Keeps the current position in `cell` from now on (an output made before the driver).
+    pub fn set_position_cell(&mut self, cell: Arc<AtomicU64>) {
+        self.position = cell;
     }
 
     /// Stop when the machine reaches `pos` (before anything happens there).
@@ -253,6 +268,7 @@ impl StepDriver for ReplayDriver {
     }
 
     fn boundary(&mut self, pos: Position, m: &Machine) -> Result<Option<Stop>, DriverError> {
+        self.position.store(pos, Ordering::Relaxed);
         if let Some(progress) = self.progress.as_mut() {
             progress.at(pos, false);
         }

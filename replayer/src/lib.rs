@@ -3,7 +3,9 @@
 
 pub mod divergence;
 pub mod driver;
+pub mod output;
 pub mod progress;
+pub mod shown;
 pub mod store;
 pub mod ticked;
 pub mod timeline;
@@ -124,7 +126,7 @@ pub(crate) fn pmu_refusal(counter: &PmuCounter) -> String {
 }
 
 /// Why a pmu-clock trace cannot be seeked in (nor debugged with gdb).
-fn no_seeking_in_pmu_traces() -> ReplayError {
+pub(crate) fn no_seeking_in_pmu_traces() -> ReplayError {
     ReplayError::Unsupported(
         "it was recorded with the pmu clock: `ttvm replay TRACE` replays it from start to \
          end, but seeking (--goto, gdb) needs checkpoints at single-step positions, which \
@@ -160,7 +162,7 @@ pub fn check_clock(header: &TraceHeader) -> Result<(TimeConfig, BootFacts), Repl
 
 /// Opens `trace` for replay: a trace whose close record contradicts its events is
 /// refused as damaged before anything runs.
-fn open_checked(trace: &Path) -> Result<TraceReader, ReplayError> {
+pub(crate) fn open_checked(trace: &Path) -> Result<TraceReader, ReplayError> {
     let reader = TraceReader::open(trace)?;
     reader.check_close()?;
     Ok(reader)
@@ -175,7 +177,7 @@ pub fn prepare(
 }
 
 /// [`prepare`] for a trace already open.
-fn prepare_reader(
+pub(crate) fn prepare_reader(
     reader: TraceReader,
     serial_out: SerialOutput,
 ) -> Result<(Machine, TraceReader, TimeConfig, BootFacts), ReplayError> {

@@ -3,8 +3,10 @@
 //! replays forward exactly to `p`, taking checkpoints of its own on the way so that moving
 //! back again is cheap. Reverse execution is built on it: nothing ever runs backwards.
 //!
-//! The guest's serial output is written once: re-executing positions already replayed
-//! (after a move backwards) is muted, so the output reads as the recording's.
+//! The guest's serial output is shown as forward execution (`run_forward`, gdb's continue
+//! and steps) passes it, each byte once: moving back and executing the same stretch again
+//! shows nothing new. Jumps (`seek`, and the replays reverse execution does internally)
+//! show nothing; the output up to any position is in the output index (`output`).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -22,6 +24,7 @@ use ttvm_vmm::run::singlestep::{Position, SteppedError, Stop};
 use ttvm_vmm::{Machine, RunEnd};
 
 use crate::driver::{DriverError, ReplayDriver, StopCause, Watch};
+use crate::shown::Shown;
 use crate::store::{CheckpointStore, Node, NodeId, Origin, PagePlan, StoreError};
 use crate::{prepare, ReplayError};
 
@@ -151,8 +154,8 @@ pub struct Timeline {
     trace_checkpoints: Vec<TraceCheckpoint>,
     interval: u64,
     gate: Arc<Gate>,
-    /// The furthest position replayed so far (output beyond it is new).
-    high_water: Position,
+    /// The stretches whose output forward execution has shown.
+    shown: Shown,
     /// Where and how the recording ends, once replayed that far.
     end: Option<(Position, Arrival)>,
     pub stats: TimelineStats,
@@ -214,7 +217,7 @@ impl Timeline {
             trace_checkpoints,
             interval: opts.interval.max(1),
             gate,
-            high_water: 0,
+            shown: Shown::default(),
             end: None,
             stats: TimelineStats::default(),
             warnings: Vec::new(),
@@ -264,11 +267,10 @@ impl Timeline {
         self.driver.events_consumed()
     }
 
-    /// Moves to `target`. Past the end of the recording it stops at the end. A seek forward
-    /// may jump over positions by restoring a later checkpoint (their serial output is not
-    /// shown); `run_forward` never does.
+    /// Moves to `target`. Past the end of the recording it stops at the end. A seek is a
+    /// jump: it may restore a later checkpoint, and it shows no serial output.
     pub fn seek(&mut self, target: Position) -> Result<Arrival, TimelineError> {
-        self.move_to(target, None)
+        self.move_to(target, None, false)
     }
 
     /// Moves to the start of the trace.
@@ -288,14 +290,15 @@ impl Timeline {
     }
 
     /// Runs forward from the current position until `watch` fires (not evaluated at the
-    /// current position), `limit` is reached, or the recording ends.
+    /// current position), `limit` is reached, or the recording ends, executing every
+    /// position and showing the serial output not shown before.
     pub fn run_forward(
         &mut self,
         watch: Watch,
         limit: Option<Position>,
     ) -> Result<Arrival, TimelineError> {
         let target = limit.unwrap_or(Position::MAX);
-        self.move_to(target, Some(watch))
+        self.move_to(target, Some(watch), true)
     }
 
     /// The last position before `before` where `probe` returns true, replaying earlier
@@ -330,7 +333,7 @@ impl Timeline {
                 }
                 false
             });
-            self.move_to(hi, Some(watch))?;
+            self.move_to(hi, Some(watch), false)?;
             let last = hits.borrow().last().copied();
             if last.is_some() {
                 return Ok(last);
@@ -362,11 +365,15 @@ impl Timeline {
             .map(|(i, _)| i)
     }
 
+    /// Moves to `target`; `echo`: this is forward execution from the current position,
+    /// whose serial output is shown.
     fn move_to(
         &mut self,
         target: Position,
         watch: Option<Watch>,
+        echo: bool,
     ) -> Result<Arrival, TimelineError> {
+        let echo_from = echo.then(|| self.position());
         let mut target = target;
         if let Some((end_pos, arrival)) = &self.end {
             if target >= *end_pos {
@@ -390,7 +397,7 @@ impl Timeline {
         }
         let skip = Some(self.position());
         self.driver.set_watch(watch, skip);
-        let result = self.run_to(target);
+        let result = self.run_to(target, echo_from);
         self.driver.set_watch(None, None);
         match result? {
             Arrival::Target => Ok(self.arrival_at_target()),
@@ -560,8 +567,12 @@ impl Timeline {
     }
 
     /// Replays forward from the current position to `target`, taking checkpoints every
-    /// interval and muting output already shown.
-    fn run_to(&mut self, target: Position) -> Result<Arrival, TimelineError> {
+    /// interval, showing the output of positions from `echo_from` on not shown before.
+    fn run_to(
+        &mut self,
+        target: Position,
+        echo_from: Option<Position>,
+    ) -> Result<Arrival, TimelineError> {
         loop {
             let pos = self.position();
             if self.machine.stepped_ended() {
@@ -580,9 +591,17 @@ impl Timeline {
                 .map_or(0, |n| n.position);
             let next_ckpt = last_ckpt + self.interval;
             let mut stop_at = target.min(next_ckpt);
-            let muted = pos < self.high_water;
-            if muted {
-                stop_at = stop_at.min(self.high_water);
+            // Stop where muting changes: at `echo_from`, at either end of a shown stretch.
+            let (muted, change) = match echo_from {
+                None => (true, None),
+                Some(from) if pos < from => (true, Some(from)),
+                Some(_) => match self.shown.end_of(pos) {
+                    Some(end) => (true, Some(end)),
+                    None => (false, self.shown.next_start(pos)),
+                },
+            };
+            if let Some(change) = change {
+                stop_at = stop_at.min(change);
             }
             self.gate.muted.store(muted, Ordering::Relaxed);
             self.driver.set_target(Some(stop_at));
@@ -592,7 +611,11 @@ impl Timeline {
             let out = out.map_err(stepped_error)?;
             let now = self.position();
             self.stats.steps_replayed += now.saturating_sub(pos);
-            self.high_water = self.high_water.max(now);
+            if !muted {
+                // The instruction that ended the guest ran too.
+                let end = if out.end.is_some() { now + 1 } else { now };
+                self.shown.insert(pos, end);
+            }
             if let Some(end) = out.end {
                 let arrival = Arrival::End(end);
                 self.end = Some((now, arrival.clone()));

@@ -27,13 +27,23 @@ pub struct ReplayArgs {
     /// Print the outcome as JSON on stdout (implies --quiet unless --serial-out is given).
     #[arg(long)]
     pub json: bool,
-    /// Write the guest's serial output to FILE.
+    /// Write the guest's serial output to FILE (with --goto/--goto-output: the output
+    /// written before the position reached).
     #[arg(long, value_name = "FILE")]
     pub serial_out: Option<PathBuf>,
     /// Go to position POS (through the nearest checkpoint), print the position, the next
     /// event and the registers there, and stop. `end` goes to the end of the recording.
     #[arg(long, value_name = "POS|end", value_parser = parse_goto)]
     pub goto: Option<u64>,
+    /// Go to where the guest printed a line: the instruction that wrote the first byte of
+    /// the first (or --nth) line of its serial output that REGEX matches (anywhere in the
+    /// line, line end excluded; Rust regex syntax), and print as --goto does. The first
+    /// use replays the whole trace once to index the output (cached in TRACE/output.idx).
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex, conflicts_with_all = ["goto", "gdb", "verify"])]
+    pub goto_output: Option<String>,
+    /// With --goto-output: the Nth matching line (from 1) [default: 1].
+    #[arg(long, value_name = "N", requires = "goto_output", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nth: Option<u64>,
     /// Serve the replay to gdb on [ADDR:]PORT (address default 127.0.0.1) instead of
     /// running it: `target remote` from gdb, forwards and backwards.
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = super::debug::parse_listen)]
@@ -44,6 +54,13 @@ pub struct ReplayArgs {
     /// Memory budget for the replayer's own checkpoints (e.g. 256M).
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub checkpoint_mem: String,
+}
+
+/// `--goto-output`: a valid regular expression.
+fn parse_regex(s: &str) -> Result<String, String> {
+    ttvm_replayer::output::compile(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `--goto`: a position, or `end` (the largest position: seeks stop at the end).
@@ -67,7 +84,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
         );
     }
     if let Some(goto) = &args.goto {
-        return super::goto::run(args, &trace, *goto);
+        return super::goto::run(args, &trace, super::goto::Goto::Position(*goto));
+    }
+    if let Some(pattern) = &args.goto_output {
+        let nth = usize::try_from(args.nth.unwrap_or(1)).unwrap_or(usize::MAX);
+        return super::goto::run(args, &trace, super::goto::Goto::Output { pattern, nth });
     }
     let serial_out: SerialOutput = match &args.serial_out {
         Some(path) => Box::new(
