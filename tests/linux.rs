@@ -254,6 +254,49 @@ fn kunit_boot_records_and_replays_exactly() {
         assert_eq!(first["position"], position, "{first}");
         assert_eq!(goto(&trace, position), first, "seek to {position}");
     }
+
+    // Jump to a KUnit result line (the index is built by one more replay): the kernel's
+    // 8250 driver is writing that line's first byte to the UART, and the console output
+    // before it ends exactly before the line.
+    let before = tmp.path().join("before");
+    let o = run(&[
+        "replay",
+        trace.to_str().unwrap(),
+        "--goto-output",
+        "^ok [0-9]+ ",
+        "--nth",
+        "2",
+        "--json",
+        "--no-progress",
+        "--serial-out",
+        before.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    let line = json["output_line"]["text"].as_str().unwrap().to_string();
+    assert!(line.starts_with("ok "), "{json}");
+    let before = std::fs::read_to_string(&before).unwrap();
+    assert!(recorded.starts_with(&before), "{json}");
+    assert!(recorded[before.len()..].starts_with(&line), "{json}");
+    let reg = |name: &str| {
+        let v = json["registers"][name].as_str().unwrap();
+        u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+    };
+    assert_eq!(reg("rdx") & 0xffff, 0x3f8, "{json}");
+    assert_eq!(reg("rax") & 0xff, u64::from(b'o'), "{json}");
+    // The instruction there, by objdump: the OUT of the 8250 driver's port accessor.
+    let rip = reg("rip");
+    let objdump = std::process::Command::new("objdump")
+        .arg("-d")
+        .arg(format!("--start-address={rip:#x}"))
+        .arg(format!("--stop-address={:#x}", rip + 1))
+        .arg(vmlinux())
+        .output()
+        .expect("objdump (binutils) runs");
+    let code = String::from_utf8_lossy(&objdump.stdout).into_owned();
+    assert!(code.contains("out    %al,(%dx)"), "{rip:#x}: {code}");
+    assert!(code.contains("<io_serial_out"), "{rip:#x}: {code}");
 }
 
 /// Where this KVM cannot single-step user mode (`ttvm doctor` says so), recording the

@@ -23,7 +23,11 @@ BIN=target/$TARGET/release/ttvm
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 
 # A trace recorded on this host, to be replayed there.
-"$BIN" conformance --keep "$work/local" > "$work/local.txt"
+if ! "$BIN" conformance --keep "$work/local" > "$work/local.txt"; then
+  echo "svm-conformance: conformance on THIS host failed (before the SVM host was started):" >&2
+  cat "$work/local.txt" >&2
+  exit 1
+fi
 mkdir "$work/in"
 strip -o "$work/in/ttvm.bin" "$BIN" && chmod -x "$work/in/ttvm.bin"
 # Its top-level files only (the run-in-svm tool copies flat files; the trace replays without

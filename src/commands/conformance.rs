@@ -263,7 +263,7 @@ fn check_guest(work: &Path, name: &str) -> anyhow::Result<GuestResult> {
              (its hardware breakpoints do not fire); checking only #BP and #UD, which ttvm \
              delivers itself"
         );
-        problems.retain(|p| !p.starts_with("record exited"));
+        problems.retain(|p| !p.starts_with("record exited") && !p.starts_with("run exited"));
         problems.extend(unseen_fault_reads(&rec.serial, &["#BP", "#UD"]));
     } else if name == ttvm_guests::FAULTS
         && !String::from_utf8_lossy(&rec.serial).contains("faults: ok")
