@@ -494,13 +494,6 @@ impl Machine {
             } else {
                 self.next_instruction(&mmu, &regs, &sregs, pos)?
             };
-            if sregs.cs.dpl == 3 && !self.step_semantics.is_none_or(|s| s.user_mode) {
-                return Err(MachineError::UserModeNotSteppable {
-                    rip: regs.rip,
-                    position: pos,
-                }
-                .into());
-            }
             let delivered = match next {
                 _ if delivered_by_vmm => Some(StepOutcome::ExecutedByVmm),
                 Some((Emulated::RaisesInterrupt, _)) => self.execute_interrupting_instruction()?,
@@ -514,6 +507,13 @@ impl Machine {
             let outcome = match delivered {
                 Some(outcome) => outcome,
                 None => {
+                    if sregs.cs.dpl == 3 && !self.step_semantics.is_none_or(|s| s.user_mode) {
+                        return Err(MachineError::UserModeNotSteppable {
+                            rip: regs.rip,
+                            position: pos,
+                        }
+                        .into());
+                    }
                     if st.rearm {
                         let breakpoints = match st.handler_breakpoint.take() {
                             Some(entry) => ExecBreakpoints::at(entry),
